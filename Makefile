@@ -1,0 +1,119 @@
+# natpair build and test plumbing (GNU make). Never calls sudo: targets that
+# need root say so and stop.
+#
+#   make deps        Debian packages a fresh Debian 12 lacks (as root), and .venv
+#   make build       the cffi extension dataplane/_core*.so, in place
+#   make test        pytest on tests/, then a short fuzz run (as root: netns tests too)
+#   make fuzz        the libFuzzer target for FUZZ_SECONDS (default 300)
+#   make bench       scripts/bench_core.py
+#   make lab         lands with the next issue; lab-down removes what lab made
+#   make clean       build products (not .venv); distclean also removes .venv
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+REQUIREMENTS := requirements.txt requirements-dev.txt
+
+APT_PACKAGES := build-essential clang libclang-rt-14-dev libnetfilter-queue-dev libmnl-dev \
+	iptables iproute2 iperf3 curl iputils-ping python3-venv
+
+# The extension's file name, from the interpreter that builds it.
+EXT_SUFFIX := $(shell $(if $(wildcard $(VPY)),$(VPY),$(PYTHON)) -c \
+	'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+CORE_SO := dataplane/_core$(EXT_SUFFIX)
+CORE_INPUTS := $(wildcard cext/*.c cext/*.h) cext/build_ffi.py
+
+FUZZ_SECONDS ?= 300
+FUZZ_SHORT_SECONDS ?= 20
+FUZZ_BIN := .build/fuzz_core
+FUZZ_CORPUS := fuzz/corpus
+FUZZ_CC := clang -g -O1 -fsanitize=fuzzer,address,undefined -Icext
+# UBSan only prints by default; make its findings stop the run like ASan's.
+FUZZ_ENV := UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench lab lab-down clean distclean
+
+# ---- deps -------------------------------------------------------------------
+
+deps: apt-deps $(STAMP)
+
+apt-deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' "$$p" 2>/dev/null)" = installed ] \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+	  echo "natpair: missing Debian packages:$$missing" >&2; \
+	  echo "natpair: run 'sudo make deps' (or 'sudo make test') to install them" >&2; \
+	  exit 1; \
+	fi; \
+	echo "natpair: installing Debian packages:$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update; \
+	apt-get install -y $$missing
+
+# Reinstalled only when a requirements file changes.
+$(STAMP): $(REQUIREMENTS) | apt-deps
+	[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --disable-pip-version-check -q $(addprefix -r ,$(REQUIREMENTS))
+	touch $@
+
+# ---- build ------------------------------------------------------------------
+
+build: deps $(CORE_SO)
+
+$(CORE_SO): $(CORE_INPUTS) $(STAMP)
+	$(VPY) cext/build_ffi.py
+	touch $@
+
+# ---- test -------------------------------------------------------------------
+
+test: pytest fuzz-short
+
+pytest: build
+	$(VPY) -m pytest tests/
+
+# ---- fuzz -------------------------------------------------------------------
+
+$(FUZZ_BIN): $(wildcard cext/np_*.c cext/*.h) fuzz/fuzz_core.c | apt-deps
+	@mkdir -p $(@D)
+	$(FUZZ_CC) cext/np_*.c fuzz/fuzz_core.c -o $@
+
+fuzz: $(FUZZ_BIN)
+	@mkdir -p $(FUZZ_CORPUS)
+	$(FUZZ_ENV) $(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_CORPUS)
+
+fuzz-short: $(FUZZ_BIN)
+	@mkdir -p $(FUZZ_CORPUS)
+	$(FUZZ_ENV) $(FUZZ_BIN) -max_total_time=$(FUZZ_SHORT_SECONDS) -print_final_stats=1 $(FUZZ_CORPUS)
+
+# ---- bench, lab ---------------------------------------------------------------
+
+bench: build
+	$(VPY) scripts/bench_core.py
+
+lab:
+	@echo "natpair: the lab lands with the next issue (a unit on real interfaces);" >&2
+	@echo "natpair: until then 'make lab' has nothing to run." >&2
+	@exit 1
+
+lab-down:
+	@echo "natpair: no lab yet (it lands with the next issue); nothing to remove."
+
+# ---- clean ------------------------------------------------------------------
+
+clean:
+	rm -rf .build build *.egg-info .pytest_cache
+	rm -f dataplane/_core*.so dataplane/_core.c dataplane/*.o cext/*.o
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

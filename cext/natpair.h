@@ -1,0 +1,220 @@
+/*
+ * natpair.h: the one public header of the natpair connection/NAT core.
+ *
+ * The core takes IPv4 packets as bytes, finds (or creates) the connection
+ * state they belong to, translates them in place and returns a verdict.
+ * Everything the replication layer needs (identity, both keys, TCP windows,
+ * timers) is visible through struct np_state_rec.
+ *
+ * Conventions of this API:
+ *  - every address and port in an API struct is in HOST byte order;
+ *  - time is a caller-driven clock in milliseconds (np_core_set_clock), so
+ *    tests inject it and the daemon feeds CLOCK_MONOTONIC;
+ *  - functions returning int return NP_OK (0) or a negative NP_E* code;
+ *  - one core is used by one thread at a time (the daemon serialises).
+ *
+ * The text between the cffi markers is read verbatim by cext/build_ffi.py
+ * as the cdef, so it stays in the subset cffi parses (no #include, only
+ * integer #defines).
+ */
+#ifndef NATPAIR_H
+#define NATPAIR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cffi:begin */
+#define NP_OK 0
+#define NP_EINVAL -1
+#define NP_ENOMEM -2
+#define NP_EEXIST -3
+#define NP_ENOENT -4
+#define NP_EFULL -5
+#define NP_ECONFLICT -6
+
+#define NP_DROP 0
+#define NP_ACCEPT 1
+
+#define NP_SIDE_INSIDE 0
+#define NP_SIDE_OUTSIDE 1
+#define NP_SIDE_ANY 2
+
+/* packet flags, as NFQUEUE reports them (NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO) */
+#define NP_PKT_CSUM_NOTREADY 1
+#define NP_PKT_GSO 2
+
+/* core flags (struct np_config.flags) */
+#define NP_CFG_TCP_LOOSE 1      /* accept out-of-window, pick up mid-stream flows */
+#define NP_CFG_NO_JOURNAL 2     /* do not journal changes (a standalone unit) */
+
+#define NP_POOL_MAX 64
+#define NP_BATCH_MAX 256
+
+/* direction of a packet relative to its state: the initiator's or the responder's */
+#define NP_DIR_ORIG 0
+#define NP_DIR_REPLY 1
+
+enum np_tcp_state {
+    NP_TCPS_NONE = 0,
+    NP_TCPS_SYN_SENT = 1,
+    NP_TCPS_SYN_SENT2 = 2,      /* simultaneous open: SYNs crossed */
+    NP_TCPS_SYN_RECV = 3,
+    NP_TCPS_ESTABLISHED = 4,
+    NP_TCPS_FIN_WAIT = 5,       /* first FIN seen, not yet acknowledged */
+    NP_TCPS_CLOSE_WAIT = 6,     /* first FIN acknowledged, other side still open */
+    NP_TCPS_LAST_ACK = 7,       /* both FINs seen, not all acknowledged */
+    NP_TCPS_TIME_WAIT = 8,      /* both FINs acknowledged */
+    NP_TCPS_CLOSED = 9,         /* RST seen */
+    NP_TCPS_COUNT = 10
+};
+
+enum np_timeout {
+    NP_TMO_TCP_EMBRYONIC = 0,   /* SYN_SENT, SYN_SENT2, SYN_RECV */
+    NP_TMO_TCP_ESTABLISHED = 1,
+    NP_TMO_TCP_CLOSING = 2,     /* FIN_WAIT, CLOSE_WAIT, LAST_ACK */
+    NP_TMO_TCP_TIME_WAIT = 3,
+    NP_TMO_TCP_CLOSED = 4,
+    NP_TMO_UDP = 5,
+    NP_TMO_ICMP = 6,
+    NP_TMO_COUNT = 7
+};
+
+/* journal event kinds */
+#define NP_EV_CREATE 1
+#define NP_EV_UPDATE 2
+#define NP_EV_DELETE 3
+
+/* state record flags (np_state_rec.flags) */
+#define NP_SF_STATIC 1          /* translation came from a static rule */
+#define NP_SF_PICKUP 2          /* TCP picked up mid-stream (loose mode) */
+
+struct np_config {
+    uint32_t max_states;        /* pool size, preallocated */
+    uint32_t creator_id;        /* this unit's identity in state ids */
+    uint32_t flags;             /* NP_CFG_* */
+    uint32_t journal_size;      /* events in the change ring (rounded up to a power of 2) */
+    uint32_t pool_count;        /* NAT pool addresses in use */
+    uint32_t pool[64];          /* NP_POOL_MAX outside addresses for dynamic PAT */
+    uint16_t port_lo;           /* dynamic PAT port range, inclusive */
+    uint16_t port_hi;
+    uint32_t timeout_ms[7];     /* NP_TMO_COUNT timeouts */
+    uint64_t hash_seed;         /* keyed hash against collision floods */
+};
+
+/* one static translation: proto 0 = whole address 1:1 (ports kept); else a port forward */
+struct np_static {
+    uint8_t proto;
+    uint8_t pad[3];
+    uint32_t inside_addr;
+    uint32_t outside_addr;
+    uint16_t inside_port;
+    uint16_t outside_port;
+};
+
+/* one access rule; checked in order, first match wins, against the real
+ * (inside) addresses: the source before SNAT, the destination after DNAT */
+#define NP_RULE_DENY 0
+#define NP_RULE_ALLOW 1
+struct np_rule {
+    uint8_t side;               /* where the new flow arrives: NP_SIDE_* */
+    uint8_t proto;              /* 0 = any */
+    uint8_t action;             /* NP_RULE_* */
+    uint8_t src_len;            /* prefix lengths */
+    uint8_t dst_len;
+    uint8_t pad[3];
+    uint32_t src;
+    uint32_t dst;
+    uint16_t dport_lo;          /* 0..65535 = any */
+    uint16_t dport_hi;
+};
+
+/* a lookup key as a packet carries it on the wire where it is received */
+struct np_key_rec {
+    uint32_t src;
+    uint32_t dst;
+    uint16_t sport;             /* ICMP echo: the id, in both ports */
+    uint16_t dport;
+    uint8_t proto;
+    uint8_t side;
+    uint16_t pad;
+};
+
+/* one direction's TCP sequence window, pf style */
+struct np_peer_rec {
+    uint32_t seqlo;             /* highest sequence number sent + 1 */
+    uint32_t seqhi;             /* highest the other side allows (its ack + window) */
+    uint16_t max_win;           /* largest unscaled window seen */
+    uint8_t wscale;             /* window scale, 0x80 = option seen */
+    uint8_t flags;              /* 1 = FIN sent, 2 = FIN acknowledged, 4 = seen */
+};
+
+/* the exported/imported form of a state: everything the standby needs.
+ * key[0] is the initiator's packet as received, key[1] the responder's.
+ * A packet of direction d is rewritten to the reverse of key[1-d]. */
+struct np_state_rec {
+    uint64_t id;
+    uint32_t creator;
+    uint8_t proto;
+    uint8_t tcp_state;          /* enum np_tcp_state */
+    uint8_t flags;              /* NP_SF_* */
+    uint8_t pad;
+    struct np_key_rec key[2];
+    struct np_peer_rec peer[2];
+    uint32_t expire_in_ms;      /* relative, so clocks need not agree */
+    uint32_t age_ms;
+    uint64_t bytes[2];
+    uint32_t packets[2];
+};
+
+struct np_change {
+    uint8_t kind;               /* NP_EV_* */
+    uint8_t pad[7];
+    struct np_state_rec rec;    /* DELETE: only id and creator are set */
+};
+
+/* one packet of a batch: the caller fills data/len/flags/side */
+struct np_pkt {
+    uint8_t *data;
+    uint32_t len;
+    uint32_t flags;             /* NP_PKT_* */
+    uint8_t side;               /* NP_SIDE_INSIDE or NP_SIDE_OUTSIDE */
+    uint8_t verdict;            /* out: NP_ACCEPT / NP_DROP */
+    uint8_t modified;           /* out: bytes were rewritten */
+    uint8_t dir;                /* out: NP_DIR_* when a state matched */
+    uint32_t reason;            /* out: the counter index of the drop, 0 if accepted */
+};
+
+struct np_core;
+
+struct np_core *np_core_create(const struct np_config *cfg, int *err);
+void np_core_destroy(struct np_core *c);
+void np_core_set_clock(struct np_core *c, uint64_t now_ms);
+int np_core_add_static(struct np_core *c, const struct np_static *s);
+int np_core_add_rule(struct np_core *c, const struct np_rule *r);
+void np_core_clear_rules(struct np_core *c);
+void np_core_set_journal(struct np_core *c, int on);
+
+int np_core_process(struct np_core *c, struct np_pkt *p);
+void np_core_process_batch(struct np_core *c, struct np_pkt *pkts, uint32_t n);
+uint32_t np_core_sweep(struct np_core *c, uint32_t max);
+
+uint32_t np_core_export(struct np_core *c, uint32_t *cursor, struct np_state_rec *out, uint32_t max);
+int np_core_get(struct np_core *c, uint32_t creator, uint64_t id, struct np_state_rec *out);
+int np_core_import(struct np_core *c, const struct np_state_rec *rec);
+int np_core_import_delete(struct np_core *c, uint32_t creator, uint64_t id);
+int np_core_delete(struct np_core *c, uint32_t creator, uint64_t id);
+
+uint32_t np_core_journal_drain(struct np_core *c, struct np_change *out, uint32_t max);
+uint32_t np_core_journal_pending(struct np_core *c);
+uint32_t np_core_resend_scan(struct np_core *c, uint32_t max);
+
+uint32_t np_core_state_count(struct np_core *c);
+uint32_t np_core_mapping_count(struct np_core *c);
+size_t np_core_memory(struct np_core *c);
+uint32_t np_counter_count(void);
+const char *np_counter_name(uint32_t i);
+void np_core_counters(struct np_core *c, uint64_t *out);
+const char *np_tcp_state_name(uint32_t s);
+/* cffi:end */
+
+#endif

@@ -1,0 +1,134 @@
+/*
+ * np_journal.c: the change journal. A bounded single-producer /
+ * single-consumer ring of fixed-size events (create, update, delete) that
+ * the replication layer drains (np_core_journal_drain). Events name a
+ * state by slot and identity; the record itself is read when drained, so
+ * a state changed many times between two drains is sent once, in its
+ * latest version (NP_JF_PENDING marks a state whose event is queued).
+ *
+ * A full ring loses nothing silently: the overflow is counted, a changed
+ * state is marked NP_JF_RESEND, a deleted one stays as a zombie slot
+ * (NP_JF_RESEND_DELETE), and np_core_resend_scan queues them again.
+ */
+#include <stdlib.h>
+
+#include "np_internal.h"
+
+int np_journal_init(struct np_core *c, uint32_t size)
+{
+    uint32_t n = 64;
+    while (n < size)
+        n <<= 1;
+    c->journal.ring = calloc(n, sizeof(struct np_event));
+    if (!c->journal.ring)
+        return NP_ENOMEM;
+    c->mem += n * sizeof(struct np_event);
+    c->journal.mask = n - 1;
+    atomic_init(&c->journal.head, 0);
+    atomic_init(&c->journal.tail, 0);
+    return NP_OK;
+}
+
+void np_journal_free(struct np_core *c) { free(c->journal.ring); }
+
+uint32_t np_journal_used(struct np_core *c)
+{
+    return atomic_load_explicit(&c->journal.head, memory_order_relaxed) -
+           atomic_load_explicit(&c->journal.tail, memory_order_acquire);
+}
+
+static bool push(struct np_core *c, const struct np_state *s, uint8_t kind)
+{
+    struct np_journal *j = &c->journal;
+    uint32_t head = atomic_load_explicit(&j->head, memory_order_relaxed);
+    uint32_t tail = atomic_load_explicit(&j->tail, memory_order_acquire);
+    if (head - tail > j->mask)
+        return false;
+    j->ring[head & j->mask] = (struct np_event){
+        .id = s->id, .creator = s->creator, .slot = np_state_slot(c, s), .kind = kind};
+    atomic_store_explicit(&j->head, head + 1, memory_order_release);
+    np_count(c, NP_CTR_JOURNAL_EVENTS);
+    return true;
+}
+
+/* queue a change; false only when a DELETE found the ring full (caller keeps a zombie) */
+bool np_journal_note(struct np_core *c, struct np_state *s, uint8_t kind)
+{
+    if (!c->journal_on)
+        return true;
+    if (kind != NP_EV_DELETE) {
+        if (atomic_load_explicit(&s->jflags, memory_order_relaxed) & NP_JF_PENDING)
+            return true;        /* coalesced into the queued event */
+        s->jexpire = s->expire;
+    }
+    if (push(c, s, kind)) {
+        if (kind != NP_EV_DELETE)
+            atomic_fetch_or_explicit(&s->jflags, NP_JF_PENDING, memory_order_relaxed);
+        return true;
+    }
+    np_count(c, NP_CTR_JOURNAL_OVERFLOW);
+    c->resend_needed = true;
+    if (kind != NP_EV_DELETE)
+        atomic_fetch_or_explicit(&s->jflags, NP_JF_RESEND, memory_order_relaxed);
+    return kind != NP_EV_DELETE;
+}
+
+uint32_t np_core_journal_pending(struct np_core *c) { return np_journal_used(c); }
+
+uint32_t np_core_journal_drain(struct np_core *c, struct np_change *out, uint32_t max)
+{
+    struct np_journal *j = &c->journal;
+    uint32_t tail = atomic_load_explicit(&j->tail, memory_order_relaxed);
+    uint32_t head = atomic_load_explicit(&j->head, memory_order_acquire);
+    uint32_t n = 0;
+    while (tail != head && n < max) {
+        const struct np_event ev = j->ring[tail & j->mask];
+        tail++;
+        if (ev.kind == NP_EV_DELETE) {
+            memset(&out[n], 0, sizeof(out[n]));
+            out[n].kind = NP_EV_DELETE;
+            out[n].rec.id = ev.id;
+            out[n].rec.creator = ev.creator;
+            n++;
+            continue;
+        }
+        struct np_state *s = &c->states[ev.slot];
+        if (s->live != 1 || s->id != ev.id || s->creator != ev.creator)
+            continue;           /* deleted since: its DELETE follows */
+        atomic_fetch_and_explicit(&s->jflags, (uint8_t)~NP_JF_PENDING, memory_order_relaxed);
+        out[n].kind = ev.kind;
+        memset(out[n].pad, 0, sizeof(out[n].pad));
+        np_state_export(c, s, &out[n].rec);
+        n++;
+    }
+    atomic_store_explicit(&j->tail, tail, memory_order_release);
+    return n;
+}
+
+uint32_t np_core_resend_scan(struct np_core *c, uint32_t max)
+{
+    uint32_t queued = 0, total = c->cfg.max_states, seen;
+    if (!c->resend_needed)
+        return 0;
+    for (seen = 0; seen < total && queued < max; seen++) {
+        struct np_state *s = &c->states[c->resend_cursor];
+        uint8_t jf = atomic_load_explicit(&s->jflags, memory_order_relaxed);
+        if (s->live == 2 && (jf & NP_JF_RESEND_DELETE)) {
+            if (!push(c, s, NP_EV_DELETE))
+                return queued;
+            np_table_release(c, s);
+            queued++;
+        } else if (s->live == 1 && (jf & NP_JF_RESEND)) {
+            if (!push(c, s, NP_EV_UPDATE))
+                return queued;
+            atomic_fetch_and_explicit(&s->jflags, (uint8_t)~NP_JF_RESEND, memory_order_relaxed);
+            atomic_fetch_or_explicit(&s->jflags, NP_JF_PENDING, memory_order_relaxed);
+            queued++;
+        }
+        c->resend_cursor = (c->resend_cursor + 1) % total;
+    }
+    c->counters[NP_CTR_JOURNAL_RESENT] += queued;
+    if (seen == total)
+        c->resend_needed = false;   /* a whole pass found every mark */
+    return queued;
+}

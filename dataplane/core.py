@@ -1,0 +1,350 @@
+"""The Python face of the C connection/NAT core (cext/).
+
+This is the only module that touches the cffi ``lib``: it owns the core's
+life cycle, turns the C error codes into exceptions, and converts between
+C records and Python values. Names used:
+
+- ``Core``: one connection/NAT table (``struct np_core``).
+- ``Verdict``: what the core decided for one packet, with its bytes.
+- ``Key`` / ``Peer`` / ``StateRecord``: a state as exported for a bulk sync
+  and imported on the standby (addresses are ints, host order).
+- ``Change``: one journal entry (create, update, delete) for replication.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from typing import Iterable, Iterator, NamedTuple
+
+from dataplane._core import ffi, lib
+
+SIDES = {"inside": lib.NP_SIDE_INSIDE, "outside": lib.NP_SIDE_OUTSIDE, "any": lib.NP_SIDE_ANY}
+SIDE_NAMES = {v: k for k, v in SIDES.items()}
+PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
+TIMEOUTS = {
+    "tcp_embryonic": lib.NP_TMO_TCP_EMBRYONIC,
+    "tcp_established": lib.NP_TMO_TCP_ESTABLISHED,
+    "tcp_closing": lib.NP_TMO_TCP_CLOSING,
+    "tcp_time_wait": lib.NP_TMO_TCP_TIME_WAIT,
+    "tcp_closed": lib.NP_TMO_TCP_CLOSED,
+    "udp": lib.NP_TMO_UDP,
+    "icmp": lib.NP_TMO_ICMP,
+}
+CHANGE_KINDS = {lib.NP_EV_CREATE: "create", lib.NP_EV_UPDATE: "update", lib.NP_EV_DELETE: "delete"}
+TCP_STATES = [ffi.string(lib.np_tcp_state_name(i)).decode() for i in range(lib.NP_TCPS_COUNT)]
+COUNTER_NAMES = [ffi.string(lib.np_counter_name(i)).decode().lower()
+                 for i in range(lib.np_counter_count())]
+
+
+class CoreError(Exception):
+    """A core call failed; ``code`` is the NP_E* value."""
+
+    def __init__(self, message: str, code: int = lib.NP_EINVAL):
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidArgument(CoreError, ValueError):
+    pass
+
+
+class OutOfMemory(CoreError, MemoryError):
+    pass
+
+
+class AlreadyExists(CoreError):
+    pass
+
+
+class NotFound(CoreError, KeyError):
+    pass
+
+
+class TableFull(CoreError):
+    pass
+
+
+class Conflict(CoreError):
+    pass
+
+
+_ERRORS = {
+    lib.NP_EINVAL: InvalidArgument,
+    lib.NP_ENOMEM: OutOfMemory,
+    lib.NP_EEXIST: AlreadyExists,
+    lib.NP_ENOENT: NotFound,
+    lib.NP_EFULL: TableFull,
+    lib.NP_ECONFLICT: Conflict,
+}
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != lib.NP_OK:
+        raise _ERRORS.get(rc, CoreError)(f"{what}: {_ERRORS.get(rc, CoreError).__name__} ({rc})", rc)
+
+
+def ip_int(addr: str | int | ipaddress.IPv4Address) -> int:
+    return int(ipaddress.IPv4Address(addr))
+
+
+def ip_str(addr: int) -> str:
+    return str(ipaddress.IPv4Address(addr))
+
+
+def _side(side: str | int) -> int:
+    if isinstance(side, int):
+        return side
+    try:
+        return SIDES[side]
+    except KeyError:
+        raise InvalidArgument(f"side must be one of {sorted(SIDES)}, not {side!r}") from None
+
+
+def _proto(proto: str | int | None) -> int:
+    if proto is None:
+        return 0
+    if isinstance(proto, int):
+        return proto
+    try:
+        return PROTOS[proto]
+    except KeyError:
+        raise InvalidArgument(f"protocol must be one of {sorted(PROTOS)}, not {proto!r}") from None
+
+
+class Verdict(NamedTuple):
+    accepted: bool
+    data: bytes
+    modified: bool
+    dir: int              # 0 = the initiator's direction, 1 = the responder's
+    reason: str | None    # the drop counter's name
+
+
+class Key(NamedTuple):
+    src: int
+    dst: int
+    sport: int
+    dport: int
+    proto: int
+    side: int
+
+    def __str__(self) -> str:
+        return (f"{SIDE_NAMES.get(self.side, self.side)} {self.proto} "
+                f"{ip_str(self.src)}:{self.sport} -> {ip_str(self.dst)}:{self.dport}")
+
+
+class Peer(NamedTuple):
+    seqlo: int
+    seqhi: int
+    max_win: int
+    wscale: int
+    flags: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StateRecord:
+    id: int
+    creator: int
+    proto: int
+    tcp_state: int
+    flags: int
+    keys: tuple[Key, Key]
+    peers: tuple[Peer, Peer]
+    expire_in_ms: int
+    age_ms: int
+    bytes: tuple[int, int]
+    packets: tuple[int, int]
+
+    @property
+    def tcp_state_name(self) -> str:
+        return TCP_STATES[self.tcp_state]
+
+    @property
+    def outside(self) -> tuple[str, int]:
+        """The outside endpoint of the initiator (its NAT mapping)."""
+        return ip_str(self.keys[1].dst), self.keys[1].dport
+
+    @classmethod
+    def from_c(cls, r) -> "StateRecord":
+        return cls(
+            id=r.id, creator=r.creator, proto=r.proto, tcp_state=r.tcp_state, flags=r.flags,
+            keys=tuple(Key(k.src, k.dst, k.sport, k.dport, k.proto, k.side) for k in r.key),
+            peers=tuple(Peer(p.seqlo, p.seqhi, p.max_win, p.wscale, p.flags) for p in r.peer),
+            expire_in_ms=r.expire_in_ms, age_ms=r.age_ms,
+            bytes=(r.bytes[0], r.bytes[1]), packets=(r.packets[0], r.packets[1]))
+
+    def to_c(self, r=None):
+        r = r if r is not None else ffi.new("struct np_state_rec *")
+        r.id, r.creator, r.proto = self.id, self.creator, self.proto
+        r.tcp_state, r.flags = self.tcp_state, self.flags
+        for d in range(2):
+            k, p = self.keys[d], self.peers[d]
+            r.key[d].src, r.key[d].dst = k.src, k.dst
+            r.key[d].sport, r.key[d].dport = k.sport, k.dport
+            r.key[d].proto, r.key[d].side = k.proto, k.side
+            r.peer[d].seqlo, r.peer[d].seqhi = p.seqlo, p.seqhi
+            r.peer[d].max_win, r.peer[d].wscale, r.peer[d].flags = p.max_win, p.wscale, p.flags
+            r.bytes[d], r.packets[d] = self.bytes[d], self.packets[d]
+        r.expire_in_ms, r.age_ms = self.expire_in_ms, self.age_ms
+        return r
+
+
+class Change(NamedTuple):
+    kind: str                        # create / update / delete
+    creator: int
+    id: int
+    record: StateRecord | None       # None for delete
+
+
+class Core:
+    """One connection/NAT table in C. Not thread-safe: one caller at a time."""
+
+    def __init__(self, *, max_states: int = 65536, creator_id: int = 1,
+                 pool: Iterable[str | int] = (), port_range: tuple[int, int] = (1024, 65535),
+                 timeouts_ms: dict[str, int] | None = None, tcp_loose: bool = False,
+                 journal: bool = True, journal_size: int = 65536, hash_seed: int | None = None):
+        cfg = ffi.new("struct np_config *")
+        cfg.max_states = max_states
+        cfg.creator_id = creator_id
+        cfg.flags = (lib.NP_CFG_TCP_LOOSE if tcp_loose else 0) | (0 if journal else lib.NP_CFG_NO_JOURNAL)
+        cfg.journal_size = journal_size
+        pool = [ip_int(a) for a in pool]
+        if len(pool) > lib.NP_POOL_MAX:
+            raise InvalidArgument(f"at most {lib.NP_POOL_MAX} pool addresses, got {len(pool)}")
+        cfg.pool_count = len(pool)
+        for i, a in enumerate(pool):
+            cfg.pool[i] = a
+        cfg.port_lo, cfg.port_hi = port_range
+        for name, ms in (timeouts_ms or {}).items():
+            if name not in TIMEOUTS:
+                raise InvalidArgument(f"unknown timeout {name!r}; known: {sorted(TIMEOUTS)}")
+            cfg.timeout_ms[TIMEOUTS[name]] = ms
+        cfg.hash_seed = hash_seed if hash_seed is not None else int.from_bytes(os.urandom(8), "little")
+        err = ffi.new("int *")
+        core = lib.np_core_create(cfg, err)
+        if core == ffi.NULL:
+            _check(err[0], "np_core_create")
+        self._c = ffi.gc(core, lib.np_core_destroy)
+        self.creator_id = creator_id
+        self._pkt = ffi.new("struct np_pkt *")
+        self._counters = ffi.new("uint64_t[]", len(COUNTER_NAMES))
+        self._rec = ffi.new("struct np_state_rec *")
+
+    # ---- configuration ----
+    def set_clock(self, now_ms: int) -> None:
+        lib.np_core_set_clock(self._c, now_ms)
+
+    def add_static(self, inside: str, outside: str, proto: str | int | None = None,
+                   inside_port: int = 0, outside_port: int = 0) -> None:
+        s = ffi.new("struct np_static *")
+        s.proto = _proto(proto)
+        s.inside_addr, s.outside_addr = ip_int(inside), ip_int(outside)
+        s.inside_port, s.outside_port = inside_port, outside_port
+        _check(lib.np_core_add_static(self._c, s), f"static {inside} <-> {outside}")
+
+    def add_rule(self, action: str, *, side: str = "any", proto: str | int | None = None,
+                 src: str = "0.0.0.0/0", dst: str = "0.0.0.0/0",
+                 dport: tuple[int, int] = (0, 65535)) -> None:
+        if action not in ("allow", "deny"):
+            raise InvalidArgument(f"action must be allow or deny, not {action!r}")
+        r = ffi.new("struct np_rule *")
+        r.side, r.proto = _side(side), _proto(proto)
+        r.action = lib.NP_RULE_ALLOW if action == "allow" else lib.NP_RULE_DENY
+        s, d = ipaddress.IPv4Network(src, strict=False), ipaddress.IPv4Network(dst, strict=False)
+        r.src, r.src_len = int(s.network_address), s.prefixlen
+        r.dst, r.dst_len = int(d.network_address), d.prefixlen
+        r.dport_lo, r.dport_hi = dport
+        _check(lib.np_core_add_rule(self._c, r), f"rule {action} {src} -> {dst}")
+
+    def clear_rules(self) -> None:
+        lib.np_core_clear_rules(self._c)
+
+    def set_journal(self, on: bool) -> None:
+        lib.np_core_set_journal(self._c, 1 if on else 0)
+
+    # ---- packets ----
+    def process(self, data: bytes, side: str | int = "inside", *, csum_notready: bool = False,
+                gso: bool = False) -> Verdict:
+        buf = ffi.new("uint8_t[]", bytes(data)) if data else ffi.NULL
+        p = self._pkt
+        p.data, p.len = buf, len(data)
+        p.flags = (lib.NP_PKT_CSUM_NOTREADY if csum_notready else 0) | (lib.NP_PKT_GSO if gso else 0)
+        p.side = _side(side)
+        lib.np_core_process(self._c, p)
+        out = bytes(ffi.buffer(buf, len(data))) if data else b""
+        return Verdict(p.verdict == lib.NP_ACCEPT, out, bool(p.modified), p.dir,
+                       COUNTER_NAMES[p.reason] if p.reason else None)
+
+    def process_batch(self, packets: list[tuple[bytes, str]]) -> list[Verdict]:
+        n = len(packets)
+        pk = ffi.new("struct np_pkt[]", n)
+        bufs = []
+        for i, (data, side) in enumerate(packets):
+            b = ffi.new("uint8_t[]", bytes(data))
+            bufs.append(b)
+            pk[i].data, pk[i].len, pk[i].side, pk[i].flags = b, len(data), _side(side), 0
+        lib.np_core_process_batch(self._c, pk, n)
+        return [Verdict(pk[i].verdict == lib.NP_ACCEPT, bytes(ffi.buffer(bufs[i], len(packets[i][0]))),
+                        bool(pk[i].modified), pk[i].dir,
+                        COUNTER_NAMES[pk[i].reason] if pk[i].reason else None) for i in range(n)]
+
+    def sweep(self, max_states: int = 0) -> int:
+        return lib.np_core_sweep(self._c, max_states)
+
+    # ---- states ----
+    def export(self, batch: int = 4096) -> Iterator[StateRecord]:
+        cursor = ffi.new("uint32_t *", 0)
+        out = ffi.new("struct np_state_rec[]", batch)
+        while True:
+            n = lib.np_core_export(self._c, cursor, out, batch)
+            for i in range(n):
+                yield StateRecord.from_c(out[i])
+            if n < batch:
+                return
+
+    def get(self, creator: int, id: int) -> StateRecord:
+        _check(lib.np_core_get(self._c, creator, id, self._rec), f"state {creator}/{id}")
+        return StateRecord.from_c(self._rec)
+
+    def import_state(self, rec: StateRecord) -> None:
+        _check(lib.np_core_import(self._c, rec.to_c(self._rec)), f"import of state {rec.creator}/{rec.id}")
+
+    def import_delete(self, creator: int, id: int) -> None:
+        _check(lib.np_core_import_delete(self._c, creator, id), f"delete of state {creator}/{id}")
+
+    def delete(self, creator: int, id: int) -> None:
+        _check(lib.np_core_delete(self._c, creator, id), f"delete of state {creator}/{id}")
+
+    def drain(self, max_changes: int = 1024) -> list[Change]:
+        out = ffi.new("struct np_change[]", max_changes)
+        n = lib.np_core_journal_drain(self._c, out, max_changes)
+        changes = []
+        for i in range(n):
+            c = out[i]
+            kind = CHANGE_KINDS[c.kind]
+            rec = None if c.kind == lib.NP_EV_DELETE else StateRecord.from_c(c.rec)
+            changes.append(Change(kind, c.rec.creator, c.rec.id, rec))
+        return changes
+
+    def journal_pending(self) -> int:
+        return lib.np_core_journal_pending(self._c)
+
+    def resend_scan(self, max_states: int = 1 << 30) -> int:
+        return lib.np_core_resend_scan(self._c, max_states)
+
+    # ---- figures ----
+    def counters(self) -> dict[str, int]:
+        lib.np_core_counters(self._c, self._counters)
+        return {name: self._counters[i] for i, name in enumerate(COUNTER_NAMES) if name != "none"}
+
+    @property
+    def state_count(self) -> int:
+        return lib.np_core_state_count(self._c)
+
+    @property
+    def mapping_count(self) -> int:
+        return lib.np_core_mapping_count(self._c)
+
+    @property
+    def memory(self) -> int:
+        return lib.np_core_memory(self._c)
