@@ -175,7 +175,9 @@ static void translate(struct np_core *c, struct np_pkt *p, const struct np_parse
 {
     const struct np_key *o = &s->key[1 - dir];
     const struct np_key *k = &pp->key;
-    if (o->dst == k->src && o->src == k->dst && o->dport == k->sport && o->sport == k->dport)
+    /* a later fragment carries no ports (its key has 0): only the addresses count */
+    if (o->dst == k->src && o->src == k->dst &&
+        (pp->frag_off || (o->dport == k->sport && o->sport == k->dport)))
         return;                 /* nothing to translate in this direction */
     uint8_t *ip = p->data;
     uint8_t *l4 = ip + pp->ihl;
@@ -278,6 +280,12 @@ static inline enum np_timeout state_timeout(const struct np_state *s, uint8_t pr
     return proto == 6 ? np_tcp_timeout(s->tcp_state) : proto == 17 ? NP_TMO_UDP : NP_TMO_ICMP;
 }
 
+/* the clock has whole seconds: one more, so no state lives less than its timeout */
+static inline uint32_t expire_after(const struct np_core *c, enum np_timeout tmo)
+{
+    return c->now_s + c->tmo_s[tmo] + 1;
+}
+
 static struct np_state *create_state(struct np_core *c, const struct np_pkt *p,
                                      const struct np_parsed *pp, enum np_counter *why)
 {
@@ -304,7 +312,7 @@ static struct np_state *create_state(struct np_core *c, const struct np_pkt *p,
         dnat_static = true;
         sflags |= NP_SF_STATIC;
         responder_side = NP_SIDE_INSIDE;
-    } else if (p->side == NP_SIDE_INSIDE) {
+    } else if (p->side == NP_SIDE_INSIDE && proto != 1) {
         uint32_t m = np_nat_find_outside(c, proto, k0->dst, k0->dport);
         if (m) {
             ndst = c->maps[m - 1].in_addr;
@@ -339,6 +347,14 @@ static struct np_state *create_state(struct np_core *c, const struct np_pkt *p,
     struct np_key k1 = {.src = ndst, .dst = nsrc, .sport = ndport, .dport = nsport,
                         .proto = proto, .side = responder_side};
     int d;
+    if (k1.src == k1.dst || np_key_eq(&k1, k0)) {
+        /* translated into a packet to itself (to a pool address without a
+         * mapping, or hairpinned to its own mapping): a land the peer would refuse */
+        if (map)
+            np_nat_unref(c, map);
+        *why = NP_CTR_DROP_LAND;
+        return NULL;
+    }
     if (np_table_lookup(c, &k1, np_key_hash(&k1, c->cfg.hash_seed), &d)) {
         if (map)
             np_nat_unref(c, map);
@@ -357,7 +373,7 @@ static struct np_state *create_state(struct np_core *c, const struct np_pkt *p,
         np_tcp_init(c, s, pp, pickup);
     s->tmo = (uint8_t)state_timeout(s, proto);
     np_table_insert(c, s);
-    np_timer_set(c, s, c->now_s + c->tmo_s[s->tmo]);
+    np_timer_set(c, s, expire_after(c, (enum np_timeout)s->tmo));
     np_count(c, NP_CTR_STATE_CREATED);
     np_journal_note(c, s, NP_EV_CREATE);
     return s;
@@ -407,15 +423,21 @@ static int process_parsed(struct np_core *c, struct np_pkt *p, struct np_parsed 
         return pass(c, p);
     }
     uint8_t proto = pp->proto;
+    uint32_t held = 0;          /* a reused state's mapping, kept for its successor (EIM) */
     if (s && proto == 6 && dir == NP_DIR_ORIG &&
         (pp->tcp_flags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN &&
         (s->tcp_state == NP_TCPS_TIME_WAIT || s->tcp_state == NP_TCPS_CLOSED)) {
+        held = s->mapping;
+        if (held)
+            np_nat_ref(c, held);
         np_state_delete(c, s, NP_CTR_STATE_REUSED);     /* a new connection on the same ports */
         s = NULL;
     }
     if (!s) {
         enum np_counter why = NP_CTR_NONE;
         s = create_state(c, p, pp, &why);
+        if (held)
+            np_nat_unref(c, held);
         if (!s)
             return drop(c, p, why);
         dir = NP_DIR_ORIG;
@@ -429,7 +451,7 @@ static int process_parsed(struct np_core *c, struct np_pkt *p, struct np_parsed 
                 return drop(c, p, why);
         }
         enum np_timeout tmo = state_timeout(s, proto);
-        uint32_t expire = c->now_s + c->tmo_s[tmo];
+        uint32_t expire = expire_after(c, tmo);
         if (tmo != s->tmo || expire < s->expire) {
             s->tmo = (uint8_t)tmo;
             np_timer_set(c, s, expire);
@@ -442,9 +464,11 @@ static int process_parsed(struct np_core *c, struct np_pkt *p, struct np_parsed 
     }
     s->packets[dir]++;
     s->bytes[dir] += pp->totlen;
-    translate(c, p, pp, s, dir);
+    /* remembered by the addresses as received, before the rewrite: the later
+     * fragments are looked up by what they carry, untranslated */
     if (pp->more_frags)
         np_frag_remember(c, p->data, pp, s, dir);
+    translate(c, p, pp, s, dir);
     p->dir = (uint8_t)dir;
     return pass(c, p);
 }
@@ -616,6 +640,10 @@ int np_core_import(struct np_core *c, const struct np_state_rec *r)
         np_count(c, NP_CTR_IMPORT_INVALID);
         return NP_EINVAL;
     }
+    /* one of our own states coming back (a restarted unit's bulk sync):
+     * never hand its id out again to a new state */
+    if (r->creator == c->cfg.creator_id && r->id >= c->next_id)
+        c->next_id = r->id + 1;
     struct np_key k[2];
     key_from_rec(&r->key[0], &k[0]);
     key_from_rec(&r->key[1], &k[1]);

@@ -242,6 +242,7 @@ struct np_core {
     bool journal_on;
     bool resend_needed;
     uint32_t resend_cursor;
+    uint32_t zombies;           /* states whose DELETE waits for room in the ring */
     uint32_t tmo_s[NP_TMO_COUNT];
 
     size_t mem;

@@ -57,9 +57,16 @@ bool np_journal_note(struct np_core *c, struct np_state *s, uint8_t kind)
     if (!c->journal_on)
         return true;
     if (kind != NP_EV_DELETE) {
+        s->jexpire = s->expire; /* the queued event is exported when drained: this or later */
         if (atomic_load_explicit(&s->jflags, memory_order_relaxed) & NP_JF_PENDING)
             return true;        /* coalesced into the queued event */
-        s->jexpire = s->expire;
+        if (c->zombies) {
+            /* a DELETE waits for the ring: this state may sit on its keys, so it must not
+             * reach the standby first (it would conflict there); resend_scan queues it after */
+            np_count(c, NP_CTR_JOURNAL_OVERFLOW);
+            atomic_fetch_or_explicit(&s->jflags, NP_JF_RESEND, memory_order_relaxed);
+            return true;
+        }
     }
     if (push(c, s, kind)) {
         if (kind != NP_EV_DELETE)
@@ -70,6 +77,8 @@ bool np_journal_note(struct np_core *c, struct np_state *s, uint8_t kind)
     c->resend_needed = true;
     if (kind != NP_EV_DELETE)
         atomic_fetch_or_explicit(&s->jflags, NP_JF_RESEND, memory_order_relaxed);
+    else
+        c->zombies++;
     return kind != NP_EV_DELETE;
 }
 
@@ -110,17 +119,32 @@ uint32_t np_core_resend_scan(struct np_core *c, uint32_t max)
     uint32_t queued = 0, total = c->cfg.max_states, seen;
     if (!c->resend_needed)
         return 0;
+    /* the zombies' DELETEs first: a state re-created on a zombie's keys goes after them */
+    for (uint32_t i = 0; c->zombies && i < total; i++) {
+        struct np_state *s = &c->states[i];
+        if (s->live != 2 ||
+            !(atomic_load_explicit(&s->jflags, memory_order_relaxed) & NP_JF_RESEND_DELETE))
+            continue;
+        if (queued >= max || !push(c, s, NP_EV_DELETE)) {
+            c->counters[NP_CTR_JOURNAL_RESENT] += queued;
+            return queued;
+        }
+        np_table_release(c, s);
+        c->zombies--;
+        queued++;
+    }
     for (seen = 0; seen < total && queued < max; seen++) {
         struct np_state *s = &c->states[c->resend_cursor];
         uint8_t jf = atomic_load_explicit(&s->jflags, memory_order_relaxed);
         if (s->live == 2 && (jf & NP_JF_RESEND_DELETE)) {
             if (!push(c, s, NP_EV_DELETE))
-                return queued;
+                break;          /* ring full: resume here next time (and count what went) */
             np_table_release(c, s);
+            c->zombies--;
             queued++;
         } else if (s->live == 1 && (jf & NP_JF_RESEND)) {
             if (!push(c, s, NP_EV_UPDATE))
-                return queued;
+                break;
             atomic_fetch_and_explicit(&s->jflags, (uint8_t)~NP_JF_RESEND, memory_order_relaxed);
             atomic_fetch_or_explicit(&s->jflags, NP_JF_PENDING, memory_order_relaxed);
             queued++;

@@ -232,6 +232,8 @@ uint32_t np_timer_sweep(struct np_core *c, uint32_t max)
         return expired;
     }
     while (c->wheel_done < c->now_s) {
+        if (visited >= max)
+            break;              /* spent exactly at the end of the last slot */
         uint32_t t = c->wheel_done + 1;
         uint32_t w = t & (NP_WHEEL_SLOTS - 1);
         /* detach the slot so relinks that land in it (a cascade) wait a turn */

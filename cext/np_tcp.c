@@ -105,8 +105,11 @@ void np_tcp_init(struct np_core *c, struct np_state *s, const struct np_parsed *
     src->seqhi = end + 1;
     src->max_win = pp->win ? pp->win : 1;
     src->flags = NP_PEER_SEEN | ((pp->tcp_flags & TH_FIN) ? NP_PEER_FIN : 0);
-    if ((pp->tcp_flags & TH_SYN) && pp->wscale >= 0)
+    if ((pp->tcp_flags & TH_SYN) && pp->wscale >= 0) {
         src->wscale = (uint8_t)pp->wscale | NP_WSCALE_FLAG;
+        /* a SYN's window is not scaled: keep max_win in scaled units (pf_create_state) */
+        src->max_win = (uint16_t)(((uint32_t)src->max_win + (1u << pp->wscale) - 1) >> pp->wscale);
+    }
     dst->seqhi = 1;
     dst->max_win = 1;
     if (pickup) {
@@ -170,7 +173,10 @@ enum np_counter np_tcp_track(struct np_core *c, struct np_state *s, const struct
                     win = (win + (1u << sws) - 1) >> sws;   /* SYN windows are not scaled */
                     dws = dst->wscale & NP_WSCALE_MASK;
                 } else {
-                    dst->wscale = 0;    /* scaling needs both sides */
+                    /* scaling needs both sides: the initiator's SYN window was real after all */
+                    uint32_t w = (uint32_t)dst->max_win << (dst->wscale & NP_WSCALE_MASK);
+                    dst->max_win = (uint16_t)(w > 0xffff ? 0xffff : w);
+                    dst->wscale = 0;
                 }
             }
         }

@@ -275,6 +275,19 @@ class Core:
         return Verdict(p.verdict == lib.NP_ACCEPT, out, bool(p.modified), p.dir,
                        COUNTER_NAMES[p.reason] if p.reason else None)
 
+    def process_buffer(self, buf: bytearray, side: str | int = "inside", flags: int = 0) -> Verdict:
+        """Process a packet in place (no copy): the feed's per-packet call."""
+        p = self._pkt
+        p.data, p.len = ffi.from_buffer("uint8_t[]", buf), len(buf)
+        p.flags, p.side = flags, _side(side)
+        lib.np_core_process(self._c, p)
+        return Verdict(p.verdict == lib.NP_ACCEPT, b"", bool(p.modified), p.dir,
+                       COUNTER_NAMES[p.reason] if p.reason else None)
+
+    def batch(self, buffers: list[bytearray], sides: list[str | int]) -> "Batch":
+        """An array of packets over caller-owned buffers, processed by one C call per run()."""
+        return Batch(self, buffers, sides)
+
     def process_batch(self, packets: list[tuple[bytes, str]]) -> list[Verdict]:
         n = len(packets)
         pk = ffi.new("struct np_pkt[]", n)
@@ -348,3 +361,23 @@ class Core:
     @property
     def memory(self) -> int:
         return lib.np_core_memory(self._c)
+
+
+class Batch:
+    """Packets processed in place by np_core_process_batch: the loop runs in C."""
+
+    def __init__(self, core: Core, buffers: list[bytearray], sides: list[str | int]):
+        self._core = core
+        self._views = [ffi.from_buffer("uint8_t[]", b) for b in buffers]
+        self._pkts = ffi.new("struct np_pkt[]", len(buffers))
+        for i, (view, side) in enumerate(zip(self._views, sides)):
+            self._pkts[i].data, self._pkts[i].len = view, len(buffers[i])
+            self._pkts[i].side, self._pkts[i].flags = _side(side), 0
+        self.size = len(buffers)
+
+    def run(self, start: int = 0, count: int | None = None) -> None:
+        count = self.size - start if count is None else count
+        lib.np_core_process_batch(self._core._c, self._pkts + start, count)
+
+    def accepted(self) -> int:
+        return sum(1 for i in range(self.size) if self._pkts[i].verdict == lib.NP_ACCEPT)
