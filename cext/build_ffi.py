@@ -30,6 +30,7 @@ ffibuilder.set_source(
     '#include "natpair.h"\n',
     sources=SOURCES,
     include_dirs=[str(HERE.relative_to(HERE.parent))],
+    libraries=["netfilter_queue", "mnl"],      # np_feed.c
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                         "-fno-strict-aliasing"],
 )

@@ -31,6 +31,7 @@
 #define NP_ENOENT -4
 #define NP_EFULL -5
 #define NP_ECONFLICT -6
+#define NP_ESYS -7              /* a system call failed: errno says why (the feed) */
 
 #define NP_DROP 0
 #define NP_ACCEPT 1
@@ -215,6 +216,35 @@ uint32_t np_counter_count(void);
 const char *np_counter_name(uint32_t i);
 void np_core_counters(struct np_core *c, uint64_t *out);
 const char *np_tcp_state_name(uint32_t s);
+/* ---- the fast feed (np_feed.c): an NFQUEUE reader driving a core ----
+ * np_feed_run() receives up to max_pkts queued packets (waiting up to
+ * timeout_ms for the first), processes them in one np_core_process_batch()
+ * and sends all their verdicts; it returns the number of packets handled,
+ * 0 on timeout, or a negative NP_E* (NP_ESYS: errno says why). Packets from
+ * an interface that np_feed_set_side() did not name are dropped and counted.
+ * One feed is used by one thread at a time, with its core. */
+#define NP_FEED_BATCH_MAX 256
+#define NP_FEED_FAIL_OPEN 1     /* let the kernel accept packets when the queue is full: a leak */
+
+struct np_feed_config {
+    uint16_t queue;             /* NFQUEUE number */
+    uint16_t pad;
+    uint32_t batch;             /* receive slots of 64 KB, 1..NP_FEED_BATCH_MAX */
+    uint32_t queue_maxlen;      /* kernel queue length, 0 = the kernel's default (1024) */
+    uint32_t rcvbuf;            /* socket receive buffer in bytes, 0 = 8 MB */
+    uint32_t flags;             /* NP_FEED_* */
+};
+
+struct np_feed;
+
+struct np_feed *np_feed_open(const struct np_feed_config *cfg, int *err);
+void np_feed_close(struct np_feed *f);
+int np_feed_set_side(struct np_feed *f, uint32_t ifindex, uint8_t side);
+int np_feed_run(struct np_feed *f, struct np_core *c, uint32_t max_pkts, int timeout_ms);
+int np_feed_fd(struct np_feed *f);
+uint32_t np_feed_counter_count(void);
+const char *np_feed_counter_name(uint32_t i);
+void np_feed_counters(struct np_feed *f, uint64_t *out);
 /* cffi:end */
 
 #endif
