@@ -9,6 +9,8 @@ C records and Python values. Names used:
 - ``Key`` / ``Peer`` / ``StateRecord``: a state as exported for a bulk sync
   and imported on the standby (addresses are ints, host order).
 - ``Change``: one journal entry (create, update, delete) for replication.
+- ``NfQueue``: the C NFQUEUE reader (``struct np_feed``) bound to one queue,
+  feeding one ``Core``; ``dataplane.feed`` drives it.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ CHANGE_KINDS = {lib.NP_EV_CREATE: "create", lib.NP_EV_UPDATE: "update", lib.NP_E
 TCP_STATES = [ffi.string(lib.np_tcp_state_name(i)).decode() for i in range(lib.NP_TCPS_COUNT)]
 COUNTER_NAMES = [ffi.string(lib.np_counter_name(i)).decode().lower()
                  for i in range(lib.np_counter_count())]
+FEED_COUNTER_NAMES = [ffi.string(lib.np_feed_counter_name(i)).decode().lower()
+                      for i in range(lib.np_feed_counter_count())]
 
 
 class CoreError(Exception):
@@ -69,6 +73,10 @@ class Conflict(CoreError):
     pass
 
 
+class SystemCallFailed(CoreError, OSError):
+    """NP_ESYS: a system call of the feed failed; ``errno`` says which error."""
+
+
 _ERRORS = {
     lib.NP_EINVAL: InvalidArgument,
     lib.NP_ENOMEM: OutOfMemory,
@@ -76,11 +84,17 @@ _ERRORS = {
     lib.NP_ENOENT: NotFound,
     lib.NP_EFULL: TableFull,
     lib.NP_ECONFLICT: Conflict,
+    lib.NP_ESYS: SystemCallFailed,
 }
 
 
 def _check(rc: int, what: str) -> None:
     if rc != lib.NP_OK:
+        if rc == lib.NP_ESYS:
+            err = ffi.errno
+            exc = SystemCallFailed(f"{what}: {os.strerror(err)} (errno {err})", rc)
+            exc.errno = err
+            raise exc
         raise _ERRORS.get(rc, CoreError)(f"{what}: {_ERRORS.get(rc, CoreError).__name__} ({rc})", rc)
 
 
@@ -381,3 +395,53 @@ class Batch:
 
     def accepted(self) -> int:
         return sum(1 for i in range(self.size) if self._pkts[i].verdict == lib.NP_ACCEPT)
+
+
+class NfQueue:
+    """The C NFQUEUE reader bound to one queue, feeding ``core``.
+
+    Fail closed: while the queue is bound and nobody reads, the kernel drops;
+    ``fail_open=True`` lets it accept untranslated packets instead (a leak).
+    Not thread-safe: one thread calls ``run`` (and uses the core) at a time;
+    ``run`` releases the GIL while it waits and works.
+    """
+
+    def __init__(self, core: Core, queue_num: int, *, batch: int = 64, queue_maxlen: int = 0,
+                 rcvbuf: int = 0, fail_open: bool = False):
+        if not 0 <= queue_num <= 65535:
+            raise InvalidArgument(f"queue number must be 0..65535, not {queue_num}")
+        cfg = ffi.new("struct np_feed_config *")
+        cfg.queue, cfg.batch, cfg.queue_maxlen, cfg.rcvbuf = queue_num, batch, queue_maxlen, rcvbuf
+        cfg.flags = lib.NP_FEED_FAIL_OPEN if fail_open else 0
+        err = ffi.new("int *")
+        f = lib.np_feed_open(cfg, err)
+        if f == ffi.NULL:
+            _check(err[0], f"NFQUEUE {queue_num}")
+        self._f = ffi.gc(f, lib.np_feed_close)
+        self.core = core                 # kept alive as long as the feed
+        self.queue_num = queue_num
+        self.batch = batch
+        self._counters = ffi.new("uint64_t[]", len(FEED_COUNTER_NAMES))
+
+    def set_side(self, ifindex: int, side: str | int) -> None:
+        _check(lib.np_feed_set_side(self._f, ifindex, _side(side)), f"interface {ifindex} side {side}")
+
+    def run(self, max_pkts: int, timeout_ms: int) -> int:
+        """Handle up to ``max_pkts`` queued packets; 0 on timeout."""
+        n = lib.np_feed_run(self._f, self.core._c, max_pkts, timeout_ms)
+        if n < 0:
+            _check(n, f"NFQUEUE {self.queue_num}")
+        return n
+
+    def fileno(self) -> int:
+        return lib.np_feed_fd(self._f)
+
+    def counters(self) -> dict[str, int]:
+        lib.np_feed_counters(self._f, self._counters)
+        return {name: self._counters[i] for i, name in enumerate(FEED_COUNTER_NAMES)}
+
+    def close(self) -> None:
+        """Unbind (the kernel drops what is still queued) and close the socket."""
+        if self._f is not None:
+            f, self._f = self._f, None
+            ffi.release(f)
