@@ -198,6 +198,26 @@ def test_ping_through_feed(lab, feed):
     assert c["core"]["state_created"] == 1
 
 
+def test_unsolicited_inbound_is_dropped(lab, feed):
+    r = ns_run(lab.server, ["ping", "-c", "40", "-i", "0.005", "-W", "1", POOL])
+    assert r.returncode != 0, "an unsolicited echo to the pool got an answer"
+    c = feed.stop()
+    f = c["feed"]
+    assert f["received"] >= 40 and f["dropped"] == f["received"] and f["accepted"] == 0
+    print("\ncore drops:", {k: v for k, v in c["core"].items() if k.startswith("drop") and v})
+    assert c["core"]["drop_policy"] >= 40     # outside -> inside: no static, no state
+    assert f["verdict_msgs"] <= f["received"]
+
+
+def test_fails_closed_when_the_feed_dies(lab, feed):
+    r = ns_run(lab.client, ["ping", "-c", "1", "-W", "2", SERVER])
+    assert r.returncode == 0, r.stdout + r.stderr
+    feed.proc.send_signal(signal.SIGKILL)
+    feed.proc.wait(timeout=5)
+    r = ns_run(lab.client, ["ping", "-c", "3", "-i", "0.2", "-W", "1", SERVER])
+    assert r.returncode != 0, "traffic passed with no reader on the queue"
+
+
 def test_tcp_through_feed_is_translated_and_intact(lab, feed):
     csum_before = tcp_in_csum_errors(lab, lab.server)
     client, server = iperf3(lab)
