@@ -15,6 +15,7 @@ C records and Python values. Names used:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import os
 from typing import Iterable, Iterator, NamedTuple
@@ -416,7 +417,9 @@ class NfQueue:
         err = ffi.new("int *")
         f = lib.np_feed_open(cfg, err)
         if f == ffi.NULL:
-            _check(err[0], f"NFQUEUE {queue_num}")
+            # the kernel answers EPERM when another socket holds the queue
+            _check(err[0], f"NFQUEUE {queue_num} (bound by another reader, or no CAP_NET_ADMIN?)"
+                   if ffi.errno == errno.EPERM else f"NFQUEUE {queue_num}")
         self._f = ffi.gc(f, lib.np_feed_close)
         self.core = core                 # kept alive as long as the feed
         self.queue_num = queue_num
