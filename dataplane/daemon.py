@@ -89,7 +89,11 @@ def build_core(cfg: Config):
 
 def make_feed(cfg: Config, core, sides: dict[int, str]):
     if cfg.feed.kind == "c":
-        from dataplane.feed import FastFeed          # lands with the C feed
+        try:
+            from dataplane.feed import FastFeed      # the C feed, built from cext/
+        except ImportError as e:
+            raise RuntimeError(f'feed kind = "c" is not available in this build ({e}); '
+                               f'set [feed] kind = "netfilterqueue"') from None
         return FastFeed(core, cfg.feed.queue, sides)
     from dataplane.simple_feed import SimpleFeed
     return SimpleFeed(core, cfg.feed.queue, sides)
