@@ -106,8 +106,11 @@ def _removal(saved: str) -> list[str]:
 
 def rules_script(legs: Legs, queue: int, bypass: bool = False, saved: str = "") -> str:
     """One iptables-restore transaction: drop leftovers of an earlier run, then ours."""
-    body = [ln for ln in _removal(saved) if not ln.startswith("-X")]   # the chain is reused
-    body += [f":{CHAIN} - [0:0]", f"-F {CHAIN}"]
+    # the chain declaration first (the canonical order for both iptables
+    # backends; with --noflush it creates or flushes the chain), then the
+    # leftover jumps out, then ours in
+    body = [f":{CHAIN} - [0:0]", f"-F {CHAIN}"]
+    body += [ln for ln in _removal(saved) if ln.startswith("-D ")]
     for leg in (legs.inside, legs.outside):
         body.append(f"-A PREROUTING -i {leg} -j {CHAIN}")
     body.append(f"-A {CHAIN} -j CT --notrack")
