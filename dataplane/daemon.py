@@ -1,0 +1,329 @@
+"""One running unit: config -> namespace -> core -> feed, rules, sysctls -> loop.
+
+Owns the unit's life cycle and its threads. Names used:
+
+- ``Daemon(cfg)``: ``start()`` checks what it can before changing anything,
+  then applies in this order: leftovers of a crashed run removed, core built,
+  queue bound, rules installed, sysctls set, control socket bound, threads
+  started; a failure undoes what was done. ``stop()`` undoes it all, in an
+  order that never forwards untranslated: feed thread stopped (packets then
+  wait or are dropped: fail closed), sysctls restored (ip_forward first),
+  rules removed, queue unbound, socket removed.
+- threads: the feed thread (``feed.run_once`` in a loop), the control thread
+  (a unix socket, one JSON request per connection: ``{"cmd": "counters"}``,
+  ``{"cmd": "status"}``), and the main thread, which runs the 1 s sweep timer
+  and waits for SIGTERM / SIGINT.
+- ``lock``: every core call holds it (the core is single-threaded); the feed
+  holds it for one batch, waiting for packets outside it when the feed has a
+  ``fileno()``.
+- log lines: ``ts level natpair[name] event key=value ...`` (``log_event``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from dataplane import rules as kernel
+from dataplane.config import Config, ConfigError
+
+SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
+FEED_WAIT_MS = 50          # how long one feed call waits for packets
+LOG = logging.getLogger("natpair")
+
+
+def _fmt(v) -> str:
+    s = str(v)
+    return json.dumps(s) if (not s or any(c in s for c in ' "=\n\t')) else s
+
+
+def log_event(level: int, event: str, **kv) -> None:
+    LOG.log(level, " ".join([event, *(f"{k}={_fmt(v)}" for k, v in kv.items())]))
+
+
+def setup_logging(name: str, level: int = logging.INFO) -> None:
+    fmt = logging.Formatter(f"%(asctime)s.%(msecs)03d %(levelname)s natpair[{name}] %(message)s",
+                            datefmt="%Y-%m-%dT%H:%M:%S")
+    handler = logging.StreamHandler()
+    handler.setFormatter(fmt)
+    LOG.handlers[:] = [handler]
+    LOG.setLevel(level)
+    LOG.propagate = False
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def build_core(cfg: Config):
+    """The core from the config; a static the core refuses is a ConfigError at its line."""
+    from dataplane.config import Locator
+    from dataplane.core import Core, CoreError
+
+    core = Core(max_states=cfg.core.max_states, creator_id=cfg.unit.creator_id,
+                pool=cfg.nat.pool, port_range=cfg.nat.ports, timeouts_ms=cfg.timeouts.as_ms(),
+                tcp_loose=cfg.core.tcp == "loose",
+                journal=False)          # nothing drains it until replication lands
+    loc = Locator(Path(cfg.path).read_text()) if os.path.exists(cfg.path) else Locator("")
+    for i, s in enumerate(cfg.nat.static):
+        try:
+            core.add_static(s.inside, s.outside, s.proto, s.inside_port, s.outside_port)
+        except CoreError as e:
+            raise ConfigError(cfg.path, loc.line(f"nat.static[{i}]"), f"nat.static[{i}]",
+                              f"refused by the core: {e}") from None
+    for i, r in enumerate(cfg.rules):
+        try:
+            core.add_rule(r.action, side=r.side, proto=r.proto, src=r.src, dst=r.dst, dport=r.dport)
+        except CoreError as e:
+            raise ConfigError(cfg.path, loc.line(f"rules[{i}]"), f"rules[{i}]",
+                              f"refused by the core: {e}") from None
+    core.set_clock(monotonic_ms())
+    return core
+
+
+def make_feed(cfg: Config, core, sides: dict[int, str]):
+    if cfg.feed.kind == "c":
+        try:
+            from dataplane.feed import FastFeed      # the C feed, built from cext/
+        except ImportError as e:
+            raise RuntimeError(f'feed kind = "c" is not available in this build ({e}); '
+                               f'set [feed] kind = "netfilterqueue"') from None
+        return FastFeed(core, cfg.feed.queue, sides)
+    from dataplane.simple_feed import SimpleFeed
+    return SimpleFeed(core, cfg.feed.queue, sides)
+
+
+class Daemon:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.name = cfg.unit.name
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.core = None
+        self.feed = None
+        self.legs: kernel.Legs | None = None
+        self.sysctls = kernel.Sysctls(Path(cfg.control.socket).with_suffix(".sysctl.json"))
+        self.started = 0.0
+        self._rules_on = False
+        self._sock: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self.loop_errors = 0
+
+    # ---- life cycle ----
+
+    def start(self) -> None:
+        cfg = self.cfg
+        # checks: nothing changed yet
+        self.legs = kernel.find_legs(cfg.interfaces.inside, cfg.interfaces.outside)
+        version = kernel.iptables_version()
+        sock_path = Path(cfg.control.socket)
+        if sock_path.exists() and _socket_alive(sock_path):
+            raise RuntimeError(f"control socket {sock_path} answers: is this unit already running?")
+        self.core = build_core(cfg)
+        try:
+            recovered = self.sysctls.recover()
+            if recovered:
+                log_event(logging.WARNING, "recover", what="sysctls", count=len(recovered))
+            if kernel.remove_rules():
+                log_event(logging.WARNING, "recover", what="rules", chain=kernel.CHAIN)
+            self.feed = make_feed(cfg, self.core, self.legs.sides)
+            kernel.install_rules(self.legs, cfg.feed.queue, cfg.feed.queue_bypass)
+            self._rules_on = True
+            nat_addresses = list(cfg.nat.pool) + [s.outside for s in cfg.nat.static]
+            self.sysctls.apply(kernel.wanted_sysctls(self.legs, nat_addresses))
+            self._sock = _bind_control(sock_path)
+        except BaseException:
+            self._teardown()
+            raise
+        self.started = time.monotonic()
+        for target, name in ((self._feed_loop, "feed"), (self._control_loop, "control")):
+            t = threading.Thread(target=target, name=f"natpair-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log_event(logging.INFO, "start", feed=cfg.feed.kind, queue=cfg.feed.queue,
+                  inside=self.legs.inside, outside=self.legs.outside, pool=",".join(cfg.nat.pool),
+                  netns=cfg.unit.netns or "-", socket=sock_path, iptables=version.split()[1],
+                  pid=os.getpid())
+
+    def catch_signals(self) -> None:
+        """SIGTERM / SIGINT ask for a clean stop (call before start())."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: self.stopping.set())
+
+    def run(self) -> int:
+        """Sweep every second until stop() or a signal; then tear down. Returns the exit code."""
+        next_tick = time.monotonic() + 1.0
+        while not self.stopping.wait(max(0.0, next_tick - time.monotonic())):
+            next_tick += 1.0
+            try:
+                with self.lock:
+                    self.core.set_clock(monotonic_ms())
+                    self.core.sweep(SWEEP_BUDGET)
+            except Exception as e:              # pragma: no cover - the core does not raise here
+                self.loop_errors += 1
+                log_event(logging.ERROR, "error", where="sweep", error=e)
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        uptime = time.monotonic() - self.started if self.started else 0.0
+        ok = self._teardown()
+        counters = self.feed_counters()
+        log_event(logging.INFO if ok else logging.ERROR, "stop", uptime_s=f"{uptime:.1f}",
+                  packets=counters.get("packets", "-"), clean=ok)
+
+    def _teardown(self) -> bool:
+        """Undo whatever start() applied; never raises, returns False if something failed."""
+        ok = True
+        steps = [("sysctls", self.sysctls.restore)]
+        if self._rules_on:
+            steps.append(("rules", kernel.remove_rules))
+        steps += [("feed", self._close_feed), ("socket", self._close_socket)]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as e:
+                ok = False
+                log_event(logging.ERROR, "error", where=f"stop/{what}", error=e)
+        self._rules_on = False
+        return ok
+
+    def _close_feed(self) -> None:
+        if self.feed is not None:
+            self._last_feed_counters = self.feed.counters()
+            self.feed.close()
+            self.feed = None
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            Path(self.cfg.control.socket).unlink(missing_ok=True)
+
+    # ---- threads ----
+
+    def _feed_loop(self) -> None:
+        feed, batch = self.feed, self.cfg.feed.batch
+        fileno = getattr(feed, "fileno", None)
+        while not self.stopping.is_set():
+            try:
+                if fileno is not None:
+                    ready, _, _ = select.select([fileno()], [], [], FEED_WAIT_MS / 1000)
+                    if not ready:
+                        continue
+                    wait = 0
+                else:
+                    wait = FEED_WAIT_MS
+                with self.lock:
+                    self.core.set_clock(monotonic_ms())
+                    feed.run_once(batch, wait)
+            except Exception as e:
+                self.loop_errors += 1
+                log_event(logging.ERROR, "error", where="feed", error=e)
+                time.sleep(0.1)
+
+    def _control_loop(self) -> None:
+        sock = self._sock
+        sock.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self.stopping.is_set():
+                    return
+                raise
+            with conn:
+                try:
+                    conn.settimeout(2.0)
+                    reply = self.handle(_read_request(conn))
+                except Exception as e:
+                    reply = {"ok": False, "error": str(e)}
+                try:
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+                except OSError:
+                    pass
+
+    # ---- control ----
+
+    def feed_counters(self) -> dict:
+        feed = self.feed
+        if feed is None:
+            return dict(getattr(self, "_last_feed_counters", {}))
+        return feed.counters()
+
+    def handle(self, req: dict) -> dict:
+        cmd = req.get("cmd") if isinstance(req, dict) else None
+        if cmd == "counters":
+            with self.lock:
+                core = self.core.counters()
+                feed = self.feed_counters()
+            return {"ok": True, "name": self.name, "core": core, "feed": feed,
+                    "daemon": {"loop_errors": self.loop_errors}}
+        if cmd == "status":
+            with self.lock:
+                states, mappings = self.core.state_count, self.core.mapping_count
+            return {"ok": True, "name": self.name, "creator_id": self.cfg.unit.creator_id,
+                    "uptime_s": round(time.monotonic() - self.started, 3), "states": states,
+                    "mappings": mappings, "feed": self.cfg.feed.kind, "queue": self.cfg.feed.queue,
+                    "pid": os.getpid()}
+        return {"ok": False, "error": f"unknown cmd {cmd!r} (known: counters, status)"}
+
+
+def _read_request(conn: socket.socket) -> dict:
+    data = b""
+    while b"\n" not in data and len(data) < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data.decode() or "{}")
+
+
+def _socket_alive(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1.0)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _bind_control(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)            # a stale socket of a crashed run
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(str(path))
+        os.chmod(path, 0o600)
+        s.listen(16)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def request(path: str, cmd: str, timeout: float = 5.0) -> dict:
+    """One request to a running unit's control socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return json.loads(data)
