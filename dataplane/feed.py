@@ -82,5 +82,9 @@ class FastFeed:
                 out[f"kernel_{name}"] = stats[name]
         return out
 
+    def fileno(self) -> int:
+        """The netlink socket: a caller may wait on it outside the core's lock."""
+        return self.nfq.fileno()
+
     def close(self) -> None:
         self.nfq.close()

@@ -26,8 +26,8 @@ import socket
 
 from netfilterqueue import NetfilterQueue
 
-COUNTERS = ("packets", "accepted", "dropped", "modified", "drop_unknown_dev", "drop_truncated",
-            "errors", "enobufs")
+COUNTERS = ("received", "accepted", "dropped", "modified", "unknown_ifindex", "truncated",
+            "recv_errors", "enobufs")
 
 
 class _BoundedReader:
@@ -73,18 +73,18 @@ class SimpleFeed:
 
     def _on_packet(self, pkt) -> None:
         c = self._counts
-        c["packets"] += 1
+        c["received"] += 1
         self._done += 1
         try:
             side = self._sides.get(pkt.indev)
             if side is None:
-                c["drop_unknown_dev"] += 1
+                c["unknown_ifindex"] += 1
                 c["dropped"] += 1
                 pkt.drop()
                 return
             buf = bytearray(pkt.get_payload())
             if len(buf) >= 4 and int.from_bytes(buf[2:4], "big") > len(buf):
-                c["drop_truncated"] += 1       # larger than the binding's copy range
+                c["truncated"] += 1       # larger than the binding's copy range
                 c["dropped"] += 1
                 pkt.drop()
                 return
@@ -99,7 +99,7 @@ class SimpleFeed:
                 c["dropped"] += 1
                 pkt.drop()
         except Exception:
-            c["errors"] += 1
+            c["recv_errors"] += 1
             try:
                 pkt.drop()
             except Exception:

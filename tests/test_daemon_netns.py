@@ -33,7 +33,7 @@ pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT, FW_IN, FW_OUT, SERVER, POOL = "198.18.1.2", "198.18.1.1", "198.19.1.1", "198.19.1.2", "198.19.1.100"
-FEEDS = ["netfilterqueue"]      # "c" joins when dataplane/feed.py lands
+FEEDS = ["c", "netfilterqueue"]
 SYSCTLS = ["net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/in0/rp_filter",
            "net/ipv4/conf/out0/rp_filter", "net/ipv4/conf/in0/accept_local", "net/ipv4/conf/out0/accept_local"]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} (INFO|WARNING|ERROR) natpair\[(\S+)\] (\w+)( \w+=\S+)*$")
@@ -278,7 +278,7 @@ def test_counters_command_prints_core_and_feed(lab, unit):
                        cwd=ROOT, capture_output=True, text=True, timeout=10)
     assert r.returncode == 0, r.stderr
     lines = dict(ln.split(" ", 1) for ln in r.stdout.splitlines())
-    assert int(lines["feed.packets"]) > 0
+    assert int(lines["feed.received"]) > 0
     assert "core.drop_no_state" in lines or "core.drop_policy" in lines
     status = unit.ask("status")
     assert status["name"] == f"{lab.prefix}fw" and status["uptime_s"] > 0
