@@ -1,8 +1,9 @@
 """How the lab starts a unit (fw-a, fw-b) in its namespace: one function, `start_unit`.
 
 The unit is the natpair daemon, `python -m dataplane.cli run --config <run dir>/<unit>.toml`,
-started inside the namespace <prefix><unit>, logging to <run dir>/<unit>.log (run dir:
-/run/natpair-lab/<prefix>/). It installs its own rules inside its namespace.
+started inside the namespace <prefix><unit>, logging to <run dir>/<unit>.log, its control
+socket <run dir>/<unit>.sock (run dir: /run/natpair-lab/<prefix>/). It installs its own rules
+inside its namespace; it is ready when its NFQUEUE rule is there.
 
 Until the daemon lands (dataplane/cli.py missing), `start_unit` puts a KERNEL NAT STAND-IN
 in its place and says so loudly: one iptables SNAT rule to the NAT pool address, inside the
@@ -40,13 +41,15 @@ def config_path(topo: Topology, name: str) -> Path:
 
 
 def unit_config(topo: Topology, name: str, feed: str = "c") -> str:
-    """The unit's TOML config in the lab (the daemon's keys: [unit] [interfaces] [nat] [feed])."""
+    """The unit's TOML config in the lab: [unit] [interfaces] [nat] [feed] [control]."""
     return (
         f"# natpair unit {name} in the lab {topo.prefix}*: written by scripts/lab/unit.py\n"
         f"[unit]\nname = \"{name}\"\nnetns = \"{topo.ns(name)}\"\n\n"
         f"[interfaces]\ninside = \"{INSIDE_LEG}\"\noutside = \"{OUTSIDE_LEG}\"\n\n"
         f"[nat]\npool = [\"{NAT_ADDR}\"]\nports = [1024, 65535]\n\n"
-        f"[feed]\nkind = \"{feed}\"\n"
+        f"[feed]\nkind = \"{feed}\"\n\n"
+        # Per lab, so fw-a of `make lab` and fw-a of a test run do not share a socket.
+        f"[control]\nsocket = \"{run_dir(topo.prefix) / (name + '.sock')}\"\n"
     )
 
 
