@@ -6,7 +6,8 @@
 #   make test        pytest on tests/, then a short fuzz run (as root: netns tests too)
 #   make fuzz        the libFuzzer target for FUZZ_SECONDS (default 300)
 #   make bench       scripts/bench_core.py
-#   make lab         lands with the next issue; lab-down removes what lab made
+#   make lab         the namespace lab: build, start fw-a, traffic, report (as root)
+#   make lab-down    removes exactly what lab made (as root); LAB_PREFIX=np- for both
 #   make clean       build products (not .venv); distclean also removes .venv
 
 SHELL := bash
@@ -28,6 +29,9 @@ EXT_SUFFIX := $(shell $(if $(wildcard $(VPY)),$(VPY),$(PYTHON)) -c \
 	'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 CORE_SO := dataplane/_core$(EXT_SUFFIX)
 CORE_INPUTS := $(wildcard cext/*.c cext/*.h) cext/build_ffi.py
+
+# Namespaces of the lab are <LAB_PREFIX><node> (scripts/lab/topology.py).
+LAB_PREFIX ?= np-
 
 FUZZ_SECONDS ?= 300
 FUZZ_SHORT_SECONDS ?= 20
@@ -103,13 +107,11 @@ fuzz-short: $(FUZZ_BIN)
 bench: build
 	$(VPY) scripts/bench_core.py
 
-lab:
-	@echo "natpair: the lab lands with the next issue (a unit on real interfaces);" >&2
-	@echo "natpair: until then 'make lab' has nothing to run." >&2
-	@exit 1
+lab: build
+	$(VPY) -m scripts.lab.run --prefix '$(LAB_PREFIX)'
 
-lab-down:
-	@echo "natpair: no lab yet (it lands with the next issue); nothing to remove."
+lab-down: $(STAMP)
+	$(VPY) -m scripts.lab.run --down --prefix '$(LAB_PREFIX)'
 
 # ---- clean ------------------------------------------------------------------
 

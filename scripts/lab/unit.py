@@ -1,0 +1,114 @@
+"""How the lab starts a unit (fw-a, fw-b) in its namespace: one function, `start_unit`.
+
+The unit is the natpair daemon, `python -m dataplane.cli run --config <run dir>/<unit>.toml`,
+started inside the namespace <prefix><unit>, logging to <run dir>/<unit>.log, its control
+socket <run dir>/<unit>.sock (run dir: /run/natpair-lab/<prefix>/). It installs its own rules
+inside its namespace; it is ready when its NFQUEUE rule is there.
+
+Until the daemon lands (dataplane/cli.py missing), `start_unit` puts a KERNEL NAT STAND-IN
+in its place and says so loudly: one iptables SNAT rule to the NAT pool address, inside the
+unit's namespace only (never the root namespace), so the lab's flows can be developed. The
+merge with the daemon removes the stand-in.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import nsexec
+from .build import run_dir
+from .topology import INSIDE_LEG, INSIDE_NET, NAT_ADDR, OUTSIDE_LEG, Topology
+
+REPO = Path(__file__).resolve().parents[2]
+DAEMON_ENTRY = REPO / "dataplane" / "cli.py"
+STAND_IN_BANNER = "natpair daemon not present: kernel NAT stand-in"
+
+
+@dataclass
+class StartedUnit:
+    name: str
+    kind: str                           # "daemon" or "kernel-nat-stand-in"
+    proc: subprocess.Popen | None       # the daemon, if that is what runs
+    config: Path | None
+    log: Path | None
+
+
+def config_path(topo: Topology, name: str) -> Path:
+    return run_dir(topo.prefix) / f"{name}.toml"
+
+
+def unit_config(topo: Topology, name: str, feed: str = "c") -> str:
+    """The unit's TOML config in the lab: [unit] [interfaces] [nat] [feed] [control]."""
+    return (
+        f"# natpair unit {name} in the lab {topo.prefix}*: written by scripts/lab/unit.py\n"
+        f"[unit]\nname = \"{name}\"\nnetns = \"{topo.ns(name)}\"\n\n"
+        f"[interfaces]\ninside = \"{INSIDE_LEG}\"\noutside = \"{OUTSIDE_LEG}\"\n\n"
+        f"[nat]\npool = [\"{NAT_ADDR}\"]\nports = [1024, 65535]\n\n"
+        f"[feed]\nkind = \"{feed}\"\n\n"
+        # Per lab, so fw-a of `make lab` and fw-a of a test run do not share a socket.
+        f"[control]\nsocket = \"{run_dir(topo.prefix) / (name + '.sock')}\"\n"
+    )
+
+
+def daemon_present() -> bool:
+    return DAEMON_ENTRY.exists()
+
+
+def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
+               ready_s: float = 10.0) -> StartedUnit:
+    """Start unit `name` in its namespace: the daemon if it exists, else the kernel stand-in."""
+    if topo.node(name).role != "unit":
+        raise ValueError(f"{name!r} is not a unit")
+    rdir = run_dir(topo.prefix)
+    rdir.mkdir(parents=True, exist_ok=True)
+    if not daemon_present():
+        _start_stand_in(topo, name, log)
+        return StartedUnit(name, "kernel-nat-stand-in", None, None, None)
+    cfg = config_path(topo, name)
+    cfg.write_text(unit_config(topo, name, feed))
+    logf = rdir / f"{name}.log"
+    with open(logf, "ab") as out:
+        proc = nsexec.popen(topo.ns(name),
+                            [sys.executable, "-m", "dataplane.cli", "run", "--config", str(cfg)],
+                            cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                            start_new_session=True)
+    _wait_ready(topo, name, proc, logf, ready_s)
+    log(f"lab: {name}: natpair daemon running, pid {proc.pid}, config {cfg}, log {logf}")
+    return StartedUnit(name, "daemon", proc, cfg, logf)
+
+
+def _wait_ready(topo: Topology, name: str, proc: subprocess.Popen, logf: Path,
+                ready_s: float) -> None:
+    """Ready = its NFQUEUE rules are in its namespace (it installs them itself)."""
+    deadline = time.monotonic() + ready_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = logf.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{name}: the daemon exited with {proc.returncode}:\n{tail}")
+        rules = nsexec.run(topo.ns(name), ["iptables-save"], timeout=5).stdout
+        if "NFQUEUE" in rules:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{name}: no NFQUEUE rule in {topo.ns(name)} after {ready_s} s "
+                       f"(log: {logf})")
+
+
+def _start_stand_in(topo: Topology, name: str, log) -> None:
+    bar = "!" * (len(STAND_IN_BANNER) + 8)
+    sys.stdout.flush()
+    print(f"{bar}\n!!! {STAND_IN_BANNER} !!!\n{bar}", file=sys.stderr, flush=True)
+    rules = (
+        "*nat\n"
+        ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        ":POSTROUTING ACCEPT [0:0]\n"
+        f"-A POSTROUTING -s {INSIDE_NET} -o {OUTSIDE_LEG} -j SNAT --to-source {NAT_ADDR}\n"
+        "COMMIT\n"
+    )
+    r = nsexec.run(topo.ns(name), ["iptables-restore"], input=rules, timeout=10)
+    if r.returncode != 0:
+        raise RuntimeError(f"{name}: iptables-restore of the stand-in failed: {r.stderr.strip()}")
+    log(f"lab: {name}: kernel SNAT {INSIDE_NET} -> {NAT_ADDR} on {OUTSIDE_LEG} "
+        f"(stand-in, in {topo.ns(name)} only)")

@@ -1,0 +1,34 @@
+"""The lab's described topology (scripts/lab/topology.py), checked as data: no root needed."""
+import ipaddress
+
+import pytest
+
+from scripts.lab.topology import FW_A, LAB_RANGE, UNITS, lab
+
+
+def test_names_and_addresses():
+    topo = lab("np-")
+    assert topo.ns("fw-a") == "np-fw-a"
+    assert all(ns.startswith("np-") for ns in topo.namespaces())
+    assert len(topo.namespaces()) == 7
+    rng = ipaddress.ip_network(LAB_RANGE)
+    cidrs = [c for link in topo.links for c in link.addrs] + [v.addr for v in topo.virtuals]
+    assert all(ipaddress.ip_interface(c).ip in rng for c in cidrs)
+    assert len({ipaddress.ip_interface(c).ip for c in cidrs}) == len(cidrs)   # no address twice
+    for unit in UNITS:                     # both units have the same three legs
+        legs = sorted(link.leg for link in topo.links if link.node == unit)
+        assert legs == ["fo0", "in0", "out0"]
+    assert topo.active == FW_A
+
+
+def test_failover_leg_is_on_a_switch():
+    topo = lab("np-")
+    fo = [link for link in topo.links if link.leg == "fo0"]
+    assert {link.switch for link in fo} == {"fo-sw"}
+    assert topo.node("fo-sw").role == "switch"
+
+
+@pytest.mark.parametrize("bad", ["", "-np", "a/b", "a b", "x" * 40, ".."])
+def test_bad_prefix_refused(bad):
+    with pytest.raises(ValueError):
+        lab(bad)
