@@ -1,6 +1,6 @@
 """The lab (scripts/lab/), built for real: every namespace, leg, bridge port, address and route
-is there as topology.py describes it; in-host reaches out-srv through fw-a (whatever
-unit.start_unit starts: the daemon, or the kernel stand-in until the daemon lands); down()
+is there as topology.py describes it; in-host reaches out-srv through fw-a's natpair daemon
+(unit.start_unit); down()
 removes exactly the lab's namespaces, kills what runs in them, and a second down() does nothing.
 
 Each test builds the lab under its own prefix `npl<random>-`, so it coexists with a running

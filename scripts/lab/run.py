@@ -226,12 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         flow_udp(topo, args.udp_seconds, args.udp_rate),
     ]
     print()
-    print(report(results, "natpair daemon" if unit.kind == "daemon"
-                 else "KERNEL NAT STAND-IN, not natpair"))
+    print(report(results, f"natpair daemon, {args.feed} feed"))
     print()
     ns = " ".join(topo.namespaces())
     print(f"The lab stays up: {ns}\n"
-          f"  fw-a runs ({unit.kind}); fw-b is built but not started until the failover issue.\n"
+          f"  fw-a runs the natpair daemon (pid {unit.proc.pid}); fw-b is built but not started until the failover issue.\n"
           f"  Look:  sudo ip netns exec {topo.ns(HOST)} curl -o /dev/null "
           f"http://{SERVER_ADDR}:{HTTP_PORT}/{BLOB}\n"
           f"  Files: {rdir}  (NAT address {NAT_ADDR})\n"

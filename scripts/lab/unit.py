@@ -4,11 +4,6 @@ The unit is the natpair daemon, `python -m dataplane.cli run --config <run dir>/
 started inside the namespace <prefix><unit>, logging to <run dir>/<unit>.log, its control
 socket <run dir>/<unit>.sock (run dir: /run/natpair-lab/<prefix>/). It installs its own rules
 inside its namespace; it is ready when its NFQUEUE rule is there.
-
-Until the daemon lands (dataplane/cli.py missing), `start_unit` puts a KERNEL NAT STAND-IN
-in its place and says so loudly: one iptables SNAT rule to the NAT pool address, inside the
-unit's namespace only (never the root namespace), so the lab's flows can be developed. The
-merge with the daemon removes the stand-in.
 """
 from __future__ import annotations
 
@@ -23,17 +18,14 @@ from .build import run_dir
 from .topology import INSIDE_LEG, INSIDE_NET, NAT_ADDR, OUTSIDE_LEG, Topology
 
 REPO = Path(__file__).resolve().parents[2]
-DAEMON_ENTRY = REPO / "dataplane" / "cli.py"
-STAND_IN_BANNER = "natpair daemon not present: kernel NAT stand-in"
 
 
 @dataclass
 class StartedUnit:
     name: str
-    kind: str                           # "daemon" or "kernel-nat-stand-in"
-    proc: subprocess.Popen | None       # the daemon, if that is what runs
-    config: Path | None
-    log: Path | None
+    proc: subprocess.Popen
+    config: Path
+    log: Path
 
 
 def config_path(topo: Topology, name: str) -> Path:
@@ -53,20 +45,13 @@ def unit_config(topo: Topology, name: str, feed: str = "c") -> str:
     )
 
 
-def daemon_present() -> bool:
-    return DAEMON_ENTRY.exists()
-
-
 def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
                ready_s: float = 10.0) -> StartedUnit:
-    """Start unit `name` in its namespace: the daemon if it exists, else the kernel stand-in."""
+    """Start the natpair daemon of unit `name` in its namespace; return once it queues."""
     if topo.node(name).role != "unit":
         raise ValueError(f"{name!r} is not a unit")
     rdir = run_dir(topo.prefix)
     rdir.mkdir(parents=True, exist_ok=True)
-    if not daemon_present():
-        _start_stand_in(topo, name, log)
-        return StartedUnit(name, "kernel-nat-stand-in", None, None, None)
     cfg = config_path(topo, name)
     cfg.write_text(unit_config(topo, name, feed))
     logf = rdir / f"{name}.log"
@@ -77,7 +62,7 @@ def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
                             start_new_session=True)
     _wait_ready(topo, name, proc, logf, ready_s)
     log(f"lab: {name}: natpair daemon running, pid {proc.pid}, config {cfg}, log {logf}")
-    return StartedUnit(name, "daemon", proc, cfg, logf)
+    return StartedUnit(name, proc, cfg, logf)
 
 
 def _wait_ready(topo: Topology, name: str, proc: subprocess.Popen, logf: Path,
@@ -94,21 +79,3 @@ def _wait_ready(topo: Topology, name: str, proc: subprocess.Popen, logf: Path,
         time.sleep(0.1)
     raise RuntimeError(f"{name}: no NFQUEUE rule in {topo.ns(name)} after {ready_s} s "
                        f"(log: {logf})")
-
-
-def _start_stand_in(topo: Topology, name: str, log) -> None:
-    bar = "!" * (len(STAND_IN_BANNER) + 8)
-    sys.stdout.flush()
-    print(f"{bar}\n!!! {STAND_IN_BANNER} !!!\n{bar}", file=sys.stderr, flush=True)
-    rules = (
-        "*nat\n"
-        ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
-        ":POSTROUTING ACCEPT [0:0]\n"
-        f"-A POSTROUTING -s {INSIDE_NET} -o {OUTSIDE_LEG} -j SNAT --to-source {NAT_ADDR}\n"
-        "COMMIT\n"
-    )
-    r = nsexec.run(topo.ns(name), ["iptables-restore"], input=rules, timeout=10)
-    if r.returncode != 0:
-        raise RuntimeError(f"{name}: iptables-restore of the stand-in failed: {r.stderr.strip()}")
-    log(f"lab: {name}: kernel SNAT {INSIDE_NET} -> {NAT_ADDR} on {OUTSIDE_LEG} "
-        f"(stand-in, in {topo.ns(name)} only)")
