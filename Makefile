@@ -96,11 +96,11 @@ $(FUZZ_BIN): $(FUZZ_SOURCES) $(wildcard cext/*.h) fuzz/fuzz_core.c | apt-deps
 
 fuzz: $(FUZZ_BIN)
 	@mkdir -p $(FUZZ_CORPUS)
-	$(FUZZ_ENV) $(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_CORPUS)
+	$(FUZZ_ENV) $(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_CORPUS) fuzz/seeds
 
 fuzz-short: $(FUZZ_BIN)
 	@mkdir -p $(FUZZ_CORPUS)
-	$(FUZZ_ENV) $(FUZZ_BIN) -max_total_time=$(FUZZ_SHORT_SECONDS) -print_final_stats=1 $(FUZZ_CORPUS)
+	$(FUZZ_ENV) $(FUZZ_BIN) -max_total_time=$(FUZZ_SHORT_SECONDS) -print_final_stats=1 $(FUZZ_CORPUS) fuzz/seeds
 
 # ---- bench, lab ---------------------------------------------------------------
 

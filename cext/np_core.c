@@ -514,8 +514,28 @@ void np_core_process_batch(struct np_core *c, struct np_pkt *pkts, uint32_t n)
             if (bad[i])
                 continue;
             uint32_t ref = c->kbuckets[hash[i] & c->kmask];
-            if (ref)
-                __builtin_prefetch(&c->states[(ref - 1) >> 1]);
+            if (ref) {
+                /* a state spans three cache lines: keys, timers and windows, counters */
+                const char *st = (const char *)&c->states[(ref - 1) >> 1];
+                __builtin_prefetch(st);
+                __builtin_prefetch(st + 64);
+                __builtin_prefetch(st + sizeof(struct np_state) - 1);
+            }
+        }
+        /* a chain holds 1.5 states on average at a full table: the second hop's
+         * miss is overlapped here too, instead of one after another below */
+        for (uint32_t i = 0; i < m; i++) {
+            uint32_t ref = bad[i] ? 0 : c->kbuckets[hash[i] & c->kmask];
+            if (!ref)
+                continue;
+            const struct np_state *s = &c->states[(ref - 1) >> 1];
+            uint32_t next = s->hnext[(ref - 1) & 1];
+            if (next && !np_key_eq(&s->key[(ref - 1) & 1], &pp[i].key)) {
+                const char *st = (const char *)&c->states[(next - 1) >> 1];
+                __builtin_prefetch(st);
+                __builtin_prefetch(st + 64);
+                __builtin_prefetch(st + sizeof(struct np_state) - 1);
+            }
         }
         for (uint32_t i = 0; i < m; i++) {
             struct np_pkt *p = &pkts[base + i];

@@ -11,6 +11,7 @@
  * costs what expires plus what was refreshed since, never the table size.
  */
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include "np_internal.h"
 
@@ -27,6 +28,12 @@ static void *zalloc(struct np_core *c, size_t n, size_t size)
     void *p = calloc(n, size);
     if (p)
         c->mem += n * size;
+    /* big tables are read at random on every packet: ask for transparent huge
+     * pages (THP "madvise" mode), so a lookup does not also pay a TLB miss */
+    const uintptr_t huge = 2u << 20;
+    uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1), hi = ((uintptr_t)p + n * size) & ~(huge - 1);
+    if (p && hi > lo)
+        madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
     return p;
 }
 
