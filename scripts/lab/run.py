@@ -124,14 +124,14 @@ def flow_curl(topo: Topology, rdir: Path, sha: str, mb: int, timeout: float = 60
     code, size, speed = r.stdout.split()
     got = hashlib.sha256(dest.read_bytes()).hexdigest() if dest.exists() else ""
     dest.unlink(missing_ok=True)
-    seen = _last_http_client(rdir / "out-srv-http.log")
+    seen = last_http_client(rdir / "out-srv-http.log")
     ok = code == "200" and got == sha and int(size) == mb << 20
     figure = (f"{int(size) / 2**20:.0f} MiB at {float(speed) / 2**20:.0f} MiB/s, "
               f"sha256 {'ok' if got == sha else 'MISMATCH'}, server saw {seen}")
     return Result("curl", ok, figure if code == "200" else f"HTTP {code}")
 
 
-def _last_http_client(logf: Path) -> str:
+def last_http_client(logf: Path) -> str:
     """The source address the server logged for the last GET of the blob."""
     lines = [ln for ln in logf.read_text(errors="replace").splitlines() if f"GET /{BLOB}" in ln]
     return lines[-1].split()[0] if lines else "?"
