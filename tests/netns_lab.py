@@ -4,7 +4,7 @@ the tests run inside its namespaces.
 
     Lab.up(topo, request)   builds `topo`; the finalizer that takes it down is registered first,
                             so a failing build or test still removes every namespace
-    Unit(lab, feed, extra)  fw-a's natpair daemon (scripts/lab/unit.start_unit), its control
+    Unit(lab, feed, ...)    fw-a's natpair daemon (scripts/lab/unit.start_unit), its control
                             socket, its log; stop() is a SIGTERM and returns the exit status
     unit_topology(prefix)   the lab (scripts/lab/topology.py) plus the nodes below
 
@@ -166,9 +166,9 @@ class Lab:
 class Unit:
     """fw-a's natpair daemon in a lab, started by the lab's own start_unit."""
 
-    def __init__(self, lab: Lab, feed: str, extra: str = "", name: str = FW_A):
+    def __init__(self, lab: Lab, feed: str, extra: str = "", name: str = FW_A, **config):
         self.lab = lab
-        started = start_unit(lab.topo, name, feed=feed, log=quiet, extra_config=extra)
+        started = start_unit(lab.topo, name, feed=feed, log=quiet, extra_config=extra, **config)
         self.name, self.proc = name, started.proc
         self.config, self.log_path, self.sock = started.config, started.log, str(started.socket)
 
