@@ -8,12 +8,12 @@ Each test builds the lab under its own prefix `npl<random>-`, so it coexists wit
 own addresses (198.18.0.0/15).
 """
 import ipaddress
-import secrets
 import signal
 
 import pytest
 from pyroute2 import IPRoute, netns
 
+from netns_lab import quiet, unique_prefix
 from scripts.lab import build, nsexec, topology
 from scripts.lab.topology import (BRIDGE, FW_A, HOST, INSIDE_GW, SERVER, SERVER_ADDR,
                                   lab)
@@ -25,13 +25,9 @@ IFF_UP = 0x1
 LAB_RANGE = ipaddress.ip_network(topology.LAB_RANGE)
 
 
-def quiet(*_args):
-    pass
-
-
 @pytest.fixture
 def prefix(request):
-    p = f"npl{secrets.token_hex(3)}-"
+    p = unique_prefix("l")
     request.addfinalizer(lambda: build.down(p, log=quiet))     # even if up() or a test fails
     return p
 

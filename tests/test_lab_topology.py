@@ -32,3 +32,21 @@ def test_failover_leg_is_on_a_switch():
 def test_bad_prefix_refused(bad):
     with pytest.raises(ValueError):
         lab(bad)
+
+
+def test_extended_adds_nodes_and_is_checked():
+    from scripts.lab.topology import IN_SW, Link, Node, Route
+
+    topo = lab("np-")
+    more = topo.extended(nodes=(Node("in-srv", "host"), Node("rtr", "router")),
+                         links=(Link("in-srv", "eth0", IN_SW, ("198.18.1.20/24",)),
+                                Link("rtr", "eth0", IN_SW, ("198.18.1.30/24",))),
+                         routes=(Route("in-srv", "default", "198.18.1.1"),))
+    assert more.namespaces() == topo.namespaces() + ["np-in-srv", "np-rtr"]
+    assert len(topo.namespaces()) == 7                     # the lab itself is unchanged
+    with pytest.raises(AssertionError):                    # a leg twice
+        topo.extended(links=(Link("in-host", "eth0", IN_SW, ()),))
+    with pytest.raises(AssertionError):                    # a role nobody builds
+        topo.extended(nodes=(Node("x", "bridge"),))
+    with pytest.raises(KeyError):                          # a link to a node not there
+        topo.extended(links=(Link("nowhere", "eth0", IN_SW, ()),))

@@ -26,7 +26,7 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 
 from . import nsexec
-from .topology import BRIDGE, Topology, lab
+from .topology import BRIDGE, FORWARDING_ROLES, Topology, lab
 
 STATE_DIR = Path("/run/natpair-lab")
 NETNS_DIR = Path("/run/netns")
@@ -108,8 +108,9 @@ def up(topo: Topology, log=print) -> None:
             with IPRoute(netns=topo.ns(r.node), flags=0) as ipr:
                 ipr.route("add", dst="0.0.0.0/0" if r.dst == "default" else r.dst,
                           gateway=r.gateway)
-        for unit in topo.of_role("unit"):
-            nsexec.sysctl(topo.ns(unit.name), "net.ipv4.ip_forward", 1)
+        for node in topo.nodes:
+            if node.role in FORWARDING_ROLES:
+                nsexec.sysctl(topo.ns(node.name), "net.ipv4.ip_forward", 1)
     except BaseException:
         log(f"lab: building {topo.prefix}* failed; removing what was made")
         down(topo.prefix, log=log)
@@ -197,9 +198,9 @@ def power_cut(names: list[str], log=print, wait_s: float = 5.0) -> None:
 
 
 def _removal_order(topo: Topology, names: set[str]) -> list[str]:
-    # Units first (they are what a power cut is about), then hosts, then switches; a
-    # recorded name that the topology does not know (an older layout) comes first too.
-    rank = {"unit": 0, "host": 1, "switch": 2}
+    # Units first (they are what a power cut is about), then hosts and routers, then switches; a
+    # recorded name that lab() does not know (an older layout, a test's extra node) comes first too.
+    rank = {"unit": 0, "host": 1, "router": 1, "switch": 2}
     known = {topo.ns(n.name): rank[n.role] for n in topo.nodes}
     return sorted(names, key=lambda n: (known.get(n, 0), n))
 

@@ -71,20 +71,32 @@ def make_blob(path: Path, mb: int) -> str:
     return h.hexdigest()
 
 
+def start_server(ns: str, argv: list[str], logf: Path, ready: str,
+                 timeout: float = 10) -> subprocess.Popen:
+    """Start a server in namespace `ns`, its output in `logf`; return once `ready` is logged.
+    Left running with the lab (down() kills it)."""
+    with open(logf, "ab") as out:
+        proc = nsexec.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                            start_new_session=True)
+    _wait_for_line(logf, ready, proc, timeout=timeout)
+    return proc
+
+
+def http_server_argv(addr: str, port: int, directory: Path) -> list[str]:
+    return [sys.executable, "-u", "-m", "http.server", str(port), "--bind", addr,
+            "--directory", str(directory)]
+
+
+HTTP_READY = "Serving HTTP"
+
+
 def start_servers(topo: Topology, rdir: Path, log=print) -> None:
     """http.server and iperf3 -s on out-srv, left running with the lab (down() kills them)."""
     ns = topo.ns(SERVER)
-    servers = [
-        ([sys.executable, "-u", "-m", "http.server", str(HTTP_PORT), "--bind", SERVER_ADDR,
-          "--directory", str(rdir / "www")], rdir / "out-srv-http.log", "Serving HTTP"),
-        (["iperf3", "-s", "-B", SERVER_ADDR, "-p", str(IPERF_PORT), "--forceflush"],
-         rdir / "out-srv-iperf3.log", "Server listening"),
-    ]
-    for argv, logf, ready in servers:
-        with open(logf, "ab") as out:
-            proc = nsexec.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True)
-        _wait_for_line(logf, ready, proc, timeout=10)
+    start_server(ns, http_server_argv(SERVER_ADDR, HTTP_PORT, rdir / "www"),
+                 rdir / "out-srv-http.log", HTTP_READY)
+    start_server(ns, ["iperf3", "-s", "-B", SERVER_ADDR, "-p", str(IPERF_PORT), "--forceflush"],
+                 rdir / "out-srv-iperf3.log", "Server listening")
     log(f"lab: out-srv: http.server on {SERVER_ADDR}:{HTTP_PORT}, "
         f"iperf3 -s on {SERVER_ADDR}:{IPERF_PORT}")
 
@@ -124,16 +136,16 @@ def flow_curl(topo: Topology, rdir: Path, sha: str, mb: int, timeout: float = 60
     code, size, speed = r.stdout.split()
     got = hashlib.sha256(dest.read_bytes()).hexdigest() if dest.exists() else ""
     dest.unlink(missing_ok=True)
-    seen = _last_http_client(rdir / "out-srv-http.log")
+    seen = last_http_client(rdir / "out-srv-http.log")
     ok = code == "200" and got == sha and int(size) == mb << 20
     figure = (f"{int(size) / 2**20:.0f} MiB at {float(speed) / 2**20:.0f} MiB/s, "
               f"sha256 {'ok' if got == sha else 'MISMATCH'}, server saw {seen}")
     return Result("curl", ok, figure if code == "200" else f"HTTP {code}")
 
 
-def _last_http_client(logf: Path) -> str:
-    """The source address the server logged for the last GET of the blob."""
-    lines = [ln for ln in logf.read_text(errors="replace").splitlines() if f"GET /{BLOB}" in ln]
+def last_http_client(logf: Path, name: str = BLOB) -> str:
+    """The source address an http.server logged for the last GET of file `name`."""
+    lines = [ln for ln in logf.read_text(errors="replace").splitlines() if f"GET /{name}" in ln]
     return lines[-1].split()[0] if lines else "?"
 
 

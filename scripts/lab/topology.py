@@ -34,12 +34,16 @@ Addresses, from 198.18.0.0/15 only (RFC 2544 benchmarking range, never the machi
                                    .1  virtual: the NAT pool address, held by the active unit
     failover net  198.18.255.0/29  fw-a fo0 .1         fw-b fo0 .2
 
+Roles: "host", "switch", "unit" (a natpair unit), "router" (a plain forwarding node, no firewall:
+not in the lab itself; tests add one with `Topology.extended` to have a hop beyond the unit).
+
 Routes: in-host has a default route via 198.18.1.1. out-srv has its /24 only and no route to
 the inside: with NAT it only ever talks to 198.19.1.1. The units have their connected nets.
 The virtual addresses start on `Topology.active` (fw-a); failover moves them.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -62,6 +66,8 @@ FW_A, FW_B = "fw-a", "fw-b"
 UNITS = (FW_A, FW_B)
 INSIDE_LEG, OUTSIDE_LEG, FAILOVER_LEG = "in0", "out0", "fo0"
 HOST_LEG = "eth0"
+ROLES = ("host", "switch", "unit", "router")
+FORWARDING_ROLES = ("unit", "router")
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 IFNAMSIZ = 15
@@ -70,7 +76,7 @@ IFNAMSIZ = 15
 @dataclass(frozen=True)
 class Node:
     name: str
-    role: str                   # "host", "switch" or "unit"
+    role: str                   # "host", "switch", "unit" or "router"
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,16 @@ class Topology:
     routes: tuple[Route, ...]
     virtuals: tuple[Virtual, ...]
     active: str                 # the unit that holds the virtual addresses when built
+
+    def extended(self, nodes: tuple[Node, ...] = (), links: tuple[Link, ...] = (),
+                 routes: tuple[Route, ...] = ()) -> "Topology":
+        """This topology with more nodes, links and routes (a test's extra hosts or a router
+        beyond the unit), checked as lab() checks its own."""
+        topo = dataclasses.replace(self, nodes=self.nodes + tuple(nodes),
+                                   links=self.links + tuple(links),
+                                   routes=self.routes + tuple(routes))
+        _check(topo)
+        return topo
 
     def ns(self, node: str) -> str:
         """The namespace of a node: <prefix><node>."""
@@ -171,6 +187,7 @@ def _check(topo: Topology) -> None:
     """The description is consistent: names fit, every link joins a node to a switch."""
     names = [n.name for n in topo.nodes]
     assert len(set(names)) == len(names), names
+    assert all(n.role in ROLES for n in topo.nodes), topo.nodes
     for link in topo.links:
         assert topo.node(link.switch).role == "switch", link
         assert topo.node(link.node).role != "switch", link

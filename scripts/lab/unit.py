@@ -3,7 +3,8 @@
 The unit is the natpair daemon, `python -m dataplane.cli run --config <run dir>/<unit>.toml`,
 started inside the namespace <prefix><unit>, logging to <run dir>/<unit>.log, its control
 socket <run dir>/<unit>.sock (run dir: /run/natpair-lab/<prefix>/). It installs its own rules
-inside its namespace; it is ready when its NFQUEUE rule is there.
+inside its namespace; it is ready when its NFQUEUE rule is there and its control socket answers
+(the socket is bound last, after the rules and the sysctls).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from dataplane.daemon import request
 
 from . import nsexec
 from .build import run_dir
@@ -26,34 +29,44 @@ class StartedUnit:
     proc: subprocess.Popen
     config: Path
     log: Path
+    socket: Path
+
+
+def socket_path(topo: Topology, name: str) -> Path:
+    return run_dir(topo.prefix) / f"{name}.sock"
 
 
 def config_path(topo: Topology, name: str) -> Path:
     return run_dir(topo.prefix) / f"{name}.toml"
 
 
-def unit_config(topo: Topology, name: str, feed: str = "c") -> str:
-    """The unit's TOML config in the lab: [unit] [interfaces] [nat] [feed] [control]."""
+def unit_config(topo: Topology, name: str, feed: str = "c", extra: str = "",
+                ports: tuple[int, int] = (1024, 65535)) -> str:
+    """The unit's TOML config in the lab: [unit] [interfaces] [nat] (NAT_ADDR, `ports`) [feed]
+    [control], then `extra`, a TOML fragment appended as it is ([[nat.static]], [timeouts])."""
     return (
         f"# natpair unit {name} in the lab {topo.prefix}*: written by scripts/lab/unit.py\n"
         f"[unit]\nname = \"{name}\"\nnetns = \"{topo.ns(name)}\"\n\n"
         f"[interfaces]\ninside = \"{INSIDE_LEG}\"\noutside = \"{OUTSIDE_LEG}\"\n\n"
-        f"[nat]\npool = [\"{NAT_ADDR}\"]\nports = [1024, 65535]\n\n"
+        f"[nat]\npool = [\"{NAT_ADDR}\"]\nports = [{ports[0]}, {ports[1]}]\n\n"
         f"[feed]\nkind = \"{feed}\"\n\n"
         # Per lab, so fw-a of `make lab` and fw-a of a test run do not share a socket.
-        f"[control]\nsocket = \"{run_dir(topo.prefix) / (name + '.sock')}\"\n"
+        f"[control]\nsocket = \"{socket_path(topo, name)}\"\n"
+        + (f"\n{extra}" if extra else "")
     )
 
 
 def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
-               ready_s: float = 10.0) -> StartedUnit:
-    """Start the natpair daemon of unit `name` in its namespace; return once it queues."""
+               ready_s: float = 10.0, extra_config: str = "",
+               ports: tuple[int, int] = (1024, 65535)) -> StartedUnit:
+    """Start the natpair daemon of unit `name` in its namespace; return once it is ready.
+    `extra_config` and `ports` go to its config (unit_config)."""
     if topo.node(name).role != "unit":
         raise ValueError(f"{name!r} is not a unit")
     rdir = run_dir(topo.prefix)
     rdir.mkdir(parents=True, exist_ok=True)
     cfg = config_path(topo, name)
-    cfg.write_text(unit_config(topo, name, feed))
+    cfg.write_text(unit_config(topo, name, feed, extra_config, ports))
     logf = rdir / f"{name}.log"
     with open(logf, "ab") as out:
         proc = nsexec.popen(topo.ns(name),
@@ -62,20 +75,29 @@ def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
                             start_new_session=True)
     _wait_ready(topo, name, proc, logf, ready_s)
     log(f"lab: {name}: natpair daemon running, pid {proc.pid}, config {cfg}, log {logf}")
-    return StartedUnit(name, proc, cfg, logf)
+    return StartedUnit(name, proc, cfg, logf, socket_path(topo, name))
 
 
 def _wait_ready(topo: Topology, name: str, proc: subprocess.Popen, logf: Path,
                 ready_s: float) -> None:
-    """Ready = its NFQUEUE rules are in its namespace (it installs them itself)."""
+    """Ready = its NFQUEUE rules are in its namespace (it installs them itself) and its control
+    socket answers: a socket of a crashed run may still be there, so it must answer."""
     deadline = time.monotonic() + ready_s
+    sock = str(socket_path(topo, name))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = logf.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{name}: the daemon exited with {proc.returncode}:\n{tail}")
         rules = nsexec.run(topo.ns(name), ["iptables-save"], timeout=5).stdout
-        if "NFQUEUE" in rules:
+        if "NFQUEUE" in rules and _answers(sock):
             return
         time.sleep(0.1)
-    raise RuntimeError(f"{name}: no NFQUEUE rule in {topo.ns(name)} after {ready_s} s "
-                       f"(log: {logf})")
+    raise RuntimeError(f"{name}: not ready in {topo.ns(name)} after {ready_s} s: no NFQUEUE "
+                       f"rule or no answer on {sock} (log: {logf})")
+
+
+def _answers(sock: str) -> bool:
+    try:
+        return bool(request(sock, "status", timeout=1.0).get("ok"))
+    except (OSError, ValueError):
+        return False
