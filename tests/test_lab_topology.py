@@ -32,3 +32,14 @@ def test_failover_leg_is_on_a_switch():
 def test_bad_prefix_refused(bad):
     with pytest.raises(ValueError):
         lab(bad)
+
+
+def test_unit_config_is_a_valid_config_with_and_without_batch(tmp_path):
+    from dataplane.config import load
+    from scripts.lab.unit import unit_config
+    topo = lab("npt-")
+    for batch, want in ((None, 64), (256, 256)):
+        path = tmp_path / "fw-a.toml"
+        path.write_text(unit_config(topo, "fw-a", "c", batch))
+        cfg = load(str(path))
+        assert cfg.feed.kind == "c" and cfg.feed.batch == want
