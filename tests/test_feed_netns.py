@@ -136,12 +136,13 @@ def lab(request):
 class Feed:
     """The driver process in fw: starts bound, stops with its counters."""
 
-    def __init__(self, lab):
+    def __init__(self, lab, drain_us: int = 0):
         self.lab = lab
         env = dict(os.environ, PYTHONPATH=ROOT)
         self.proc = lab.popen(lab.fw, [sys.executable, os.path.join(ROOT, "tests", "feed_driver.py"),
                                        "--queue", str(QUEUE), "--pool", POOL,
-                                       "--inside", "f0", "--outside", "f1"], env=env)
+                                       "--inside", "f0", "--outside", "f1",
+                                       "--drain-us", str(drain_us)], env=env)
         line = self.proc.stdout.readline()
         assert line.strip() == "ready", (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
 
@@ -152,9 +153,10 @@ class Feed:
         return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.fixture
+@pytest.fixture(params=[0, 2000], ids=["batch", "drain2ms"])
 def feed(lab, request):
-    f = Feed(lab)
+    """The driver, one batch per call (drain_us 0) or draining the queue for up to 2 ms."""
+    f = Feed(lab, request.param)
     lab.rules(RULES)
 
     def fin():
