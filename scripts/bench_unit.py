@@ -163,8 +163,8 @@ def mode_kernel_nat(topo: Topology):
 
 
 @contextmanager
-def mode_natpair(topo: Topology, feed: str, batch: int | None):
-    unit = start_unit(topo, FW_A, feed=feed, log=lambda m: None, batch=batch)
+def mode_natpair(topo: Topology, feed: str, batch: int | None, drain_us: int | None):
+    unit = start_unit(topo, FW_A, feed=feed, log=lambda m: None, batch=batch, drain_us=drain_us)
     info: dict = {}
     try:
         yield info
@@ -174,6 +174,7 @@ def mode_natpair(topo: Topology, feed: str, batch: int | None):
             c = request(str(build.run_dir(topo.prefix) / f"{FW_A}.sock"), "counters")
             feedc, core = c.get("feed", {}), c.get("core", {})
             info["kernel_queue_dropped"] = feedc.get("kernel_queue_dropped")
+            info["kernel_user_dropped"] = feedc.get("kernel_user_dropped")
             info["core_drops"] = {k: v for k, v in core.items() if k.startswith("drop_") and v}
         except Exception as e:            # the figures are what matter; say why this is missing
             info["counters_error"] = str(e)
@@ -186,18 +187,19 @@ def mode_natpair(topo: Topology, feed: str, batch: int | None):
             raise BenchError("natpair daemon did not stop on SIGTERM")
 
 
-def mode(topo: Topology, name: str, batch: int | None):
+def mode(topo: Topology, name: str, args):
     if name == "forward":
         return mode_forward(topo)
     if name == "kernel-nat":
         return mode_kernel_nat(topo)
-    return mode_natpair(topo, "c" if name == "natpair-c" else "netfilterqueue", batch)
+    return mode_natpair(topo, "c" if name == "natpair-c" else "netfilterqueue", args.batch,
+                        args.drain_us)
 
 
 def run_mode(topo: Topology, name: str, args) -> dict:
     res: dict = {}
     before = csum_errors(topo)
-    with mode(topo, name, args.batch) as info:
+    with mode(topo, name, args) as info:
         for test in args.tests:
             try:
                 if test == "tcp1":
@@ -235,7 +237,7 @@ def median(vals: list) -> float | None:
 def table(runs: dict[str, list[dict]], tests: list[str]) -> str:
     med = {m: {t: median([r.get(t) for r in runs[m]]) for t in tests} for m in runs}
     heads = [f"{t} {UNITS[t]}" for t in tests]
-    w = 24
+    w = 31
     lines = ["mode         " + "".join(f"{h:>{w}}" for h in heads) + "   csum err"]
     for m in runs:
         cells = []
@@ -287,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", default=",".join(TESTS))
     ap.add_argument("--batch", type=int, default=None, help="natpair [feed] batch (default: "
                     "the daemon's)")
+    ap.add_argument("--drain-us", type=int, default=None, help="natpair [feed] drain_us "
+                    "(default: the daemon's)")
     ap.add_argument("--json", help="also write every round's figures here")
     args = ap.parse_args(argv)
     args.modes, args.tests = args.modes.split(","), args.tests.split(",")

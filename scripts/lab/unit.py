@@ -32,28 +32,31 @@ def config_path(topo: Topology, name: str) -> Path:
     return run_dir(topo.prefix) / f"{name}.toml"
 
 
-def unit_config(topo: Topology, name: str, feed: str = "c", batch: int | None = None) -> str:
+def unit_config(topo: Topology, name: str, feed: str = "c", batch: int | None = None,
+                drain_us: int | None = None) -> str:
     """The unit's TOML config in the lab: [unit] [interfaces] [nat] [feed] [control]."""
     return (
         f"# natpair unit {name} in the lab {topo.prefix}*: written by scripts/lab/unit.py\n"
         f"[unit]\nname = \"{name}\"\nnetns = \"{topo.ns(name)}\"\n\n"
         f"[interfaces]\ninside = \"{INSIDE_LEG}\"\noutside = \"{OUTSIDE_LEG}\"\n\n"
         f"[nat]\npool = [\"{NAT_ADDR}\"]\nports = [1024, 65535]\n\n"
-        f"[feed]\nkind = \"{feed}\"\n" + (f"batch = {batch}\n" if batch else "") + "\n"
+        f"[feed]\nkind = \"{feed}\"\n" + (f"batch = {batch}\n" if batch else "")
+        + (f"drain_us = {drain_us}\n" if drain_us is not None else "") + "\n"
         # Per lab, so fw-a of `make lab` and fw-a of a test run do not share a socket.
         f"[control]\nsocket = \"{run_dir(topo.prefix) / (name + '.sock')}\"\n"
     )
 
 
 def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
-               ready_s: float = 10.0, batch: int | None = None) -> StartedUnit:
+               ready_s: float = 10.0, batch: int | None = None,
+               drain_us: int | None = None) -> StartedUnit:
     """Start the natpair daemon of unit `name` in its namespace; return once it queues."""
     if topo.node(name).role != "unit":
         raise ValueError(f"{name!r} is not a unit")
     rdir = run_dir(topo.prefix)
     rdir.mkdir(parents=True, exist_ok=True)
     cfg = config_path(topo, name)
-    cfg.write_text(unit_config(topo, name, feed, batch))
+    cfg.write_text(unit_config(topo, name, feed, batch, drain_us))
     logf = rdir / f"{name}.log"
     with open(logf, "ab") as out:
         proc = nsexec.popen(topo.ns(name),
