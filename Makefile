@@ -6,6 +6,7 @@
 #   make test        pytest on tests/, then a short fuzz run (as root: netns tests too)
 #   make fuzz        the libFuzzer target for FUZZ_SECONDS (default 300)
 #   make bench       scripts/bench_core.py
+#   make bench-unit  fw-a vs kernel forwarding and kernel NAT, in its own lab (as root)
 #   make lab         the namespace lab: build, start fw-a, traffic, report (as root)
 #   make lab-down    removes exactly what lab made (as root); LAB_PREFIX=np- for both
 #   make clean       build products (not .venv); distclean also removes .venv
@@ -41,7 +42,8 @@ FUZZ_CC := clang -g -O1 -fsanitize=fuzzer,address,undefined -Icext
 # UBSan only prints by default; make its findings stop the run like ASan's.
 FUZZ_ENV := UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
-.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench lab lab-down clean distclean
+.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down clean \
+	distclean
 
 # ---- deps -------------------------------------------------------------------
 
@@ -106,6 +108,10 @@ fuzz-short: $(FUZZ_BIN)
 
 bench: build
 	$(VPY) scripts/bench_core.py
+
+# BENCH_UNIT_ARGS: e.g. --rounds 3, --modes natpair-c,kernel-nat, --tests tcp1,udp64
+bench-unit: build
+	$(VPY) -m scripts.bench_unit $(BENCH_UNIT_ARGS)
 
 lab: build
 	$(VPY) -m scripts.lab.run --prefix '$(LAB_PREFIX)'

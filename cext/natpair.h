@@ -222,6 +222,9 @@ const char *np_tcp_state_name(uint32_t s);
  * and sends all their verdicts; it returns the number of packets handled,
  * 0 on timeout, or a negative NP_E* (NP_ESYS: errno says why). Packets from
  * an interface that np_feed_set_side() did not name are dropped and counted.
+ * np_feed_drain() is np_feed_run() and then more batches, not waiting, while
+ * packets are queued and budget_us has not passed (the core's clock is not
+ * advanced meanwhile); it returns the packets handled over all batches.
  * One feed is used by one thread at a time, with its core. */
 #define NP_FEED_BATCH_MAX 256
 #define NP_FEED_FAIL_OPEN 1     /* let the kernel accept packets when the queue is full: a leak */
@@ -241,6 +244,8 @@ struct np_feed *np_feed_open(const struct np_feed_config *cfg, int *err);
 void np_feed_close(struct np_feed *f);
 int np_feed_set_side(struct np_feed *f, uint32_t ifindex, uint8_t side);
 int np_feed_run(struct np_feed *f, struct np_core *c, uint32_t max_pkts, int timeout_ms);
+int np_feed_drain(struct np_feed *f, struct np_core *c, uint32_t max_pkts, int timeout_ms,
+                  uint32_t budget_us);
 int np_feed_fd(struct np_feed *f);
 uint32_t np_feed_counter_count(void);
 const char *np_feed_counter_name(uint32_t i);

@@ -21,7 +21,8 @@ The file (see examples/unit-fw-a.toml)::
     [[rules]]     action, side, proto, src, dst, dport = [lo, hi]
     [timeouts]    seconds: tcp_embryonic ... udp (>= 120, RFC 4787 REQ-5), icmp
     [core]        max_states, tcp = "strict" | "loose"
-    [feed]        kind = "c" | "netfilterqueue", queue, batch, queue_bypass
+    [feed]        kind = "c" | "netfilterqueue", queue, batch, queue_bypass,
+                  drain_us (the C feed: microseconds one call may go on draining the queue)
     [control]     socket
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 # does not import the core so that checking a config needs no built extension.
 POOL_MAX = 64
 BATCH_MAX = 256
+DRAIN_US_MAX = 100_000                 # the feed thread holds the core's lock that long at most
 MAX_STATES_MAX = 1 << 24
 UDP_TIMEOUT_MIN = 120            # RFC 4787 REQ-5: at least 2 minutes
 TIMEOUT_MAX_S = (1 << 32) // 1000 - 1
@@ -134,6 +136,7 @@ class Feed:
     queue: int = 0
     batch: int = 64
     queue_bypass: bool = False       # fail open: a leak, only on explicit request
+    drain_us: int = 2000             # C feed: batches go on without Python for up to this long
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,11 +430,13 @@ def loads(text: str, path: str = "<config>") -> Config:
                        ck.choice(d, "core", "tcp", ("strict", "loose"), "strict"))
 
     # [feed]
-    d = ck.table(data.get("feed", {}), "feed", ("kind", "queue", "batch", "queue_bypass"))
+    d = ck.table(data.get("feed", {}), "feed",
+                 ("kind", "queue", "batch", "queue_bypass", "drain_us"))
     feed = Feed(ck.choice(d, "feed", "kind", FEEDS, "c"),
                 ck.int_in(d, "feed", "queue", 0, 65535, 0),
                 ck.int_in(d, "feed", "batch", 1, BATCH_MAX, 64),
-                ck.value(d, "feed", "queue_bypass", bool, False))
+                ck.value(d, "feed", "queue_bypass", bool, False),
+                ck.int_in(d, "feed", "drain_us", 0, DRAIN_US_MAX, 2000))
 
     # [control]
     d = ck.table(data.get("control", {}), "control", ("socket",))

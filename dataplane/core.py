@@ -436,6 +436,16 @@ class NfQueue:
             _check(n, f"NFQUEUE {self.queue_num}")
         return n
 
+    def drain(self, max_pkts: int, timeout_ms: int, budget_us: int) -> int:
+        """``run``, then more batches without waiting while packets are queued, for up to
+        ``budget_us`` microseconds; the packets handled over all batches."""
+        if not 0 <= budget_us <= 0xFFFFFFFF:
+            raise InvalidArgument(f"budget_us must be 0..2**32-1, not {budget_us}")
+        n = lib.np_feed_drain(self._f, self.core._c, max_pkts, timeout_ms, budget_us)
+        if n < 0:
+            _check(n, f"NFQUEUE {self.queue_num}")
+        return n
+
     def fileno(self) -> int:
         return lib.np_feed_fd(self._f)
 

@@ -94,7 +94,8 @@ def make_feed(cfg: Config, core, sides: dict[int, str]):
         except ImportError as e:
             raise RuntimeError(f'feed kind = "c" is not available in this build ({e}); '
                                f'set [feed] kind = "netfilterqueue"') from None
-        return FastFeed(core, cfg.feed.queue, sides)
+        return FastFeed(core, cfg.feed.queue, sides, batch=cfg.feed.batch,
+                        drain_us=cfg.feed.drain_us)
     from dataplane.simple_feed import SimpleFeed
     return SimpleFeed(core, cfg.feed.queue, sides)
 

@@ -2,8 +2,11 @@
 
 Owns the loop that keeps one ``core.NfQueue`` (the C reader in
 cext/np_feed.c) turning: it sets the core's clock before every batch, lets C
-receive, translate and answer up to ``max_pkts`` packets per call (the GIL is
-released meanwhile), and sweeps expired states between batches. It does not
+receive, translate and answer up to ``max_pkts`` packets per batch (the GIL is
+released meanwhile), and sweeps expired states between calls. With
+``drain_us`` > 0 one call goes on with further batches, not waiting, while
+packets are queued, for up to that many microseconds: a burst costs one trip
+through Python instead of one per batch. It does not
 touch the cffi ``lib``: dataplane/core.py does. Names used:
 
 - ``FastFeed``: one queue bound to one core; ``sides`` maps the ifindex of
@@ -49,7 +52,8 @@ class FastFeed:
     """One NFQUEUE queue feeding one core through the C reader."""
 
     def __init__(self, core: Core, queue_num: int, sides: dict[int, str], *, batch: int = 64,
-                 fail_open: bool = False, queue_maxlen: int = 0, sweep_every_ms: int = 100):
+                 fail_open: bool = False, queue_maxlen: int = 0, sweep_every_ms: int = 100,
+                 drain_us: int = 0):
         self.core = core
         self.queue_num = queue_num
         self.nfq = NfQueue(core, queue_num, batch=batch, fail_open=fail_open,
@@ -57,15 +61,19 @@ class FastFeed:
         for ifindex, side in sides.items():
             self.nfq.set_side(ifindex, side)
         self.sweep_every_ms = sweep_every_ms
+        self.drain_us = drain_us
         self._next_sweep = 0
 
     def run_once(self, max_pkts: int = 64, timeout_ms: int = 100) -> int:
-        """One batch: up to ``max_pkts`` packets, waiting up to ``timeout_ms``."""
+        """One batch of up to ``max_pkts`` packets, waiting up to ``timeout_ms`` (then, with
+        ``drain_us``, more batches while packets are queued); the packets handled."""
         now = monotonic_ms()
         self.core.set_clock(now)
         if now >= self._next_sweep:
             self.core.sweep()
             self._next_sweep = now + self.sweep_every_ms
+        if self.drain_us:
+            return self.nfq.drain(max_pkts, timeout_ms, self.drain_us)
         return self.nfq.run(max_pkts, timeout_ms)
 
     def run(self, stop: threading.Event, max_pkts: int = 64, timeout_ms: int = 100) -> None:

@@ -25,12 +25,13 @@ def main() -> int:
     ap.add_argument("--inside", required=True)
     ap.add_argument("--outside", required=True)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--drain-us", type=int, default=0)
     args = ap.parse_args()
 
     core = Core(pool=args.pool, journal=False)
     sides = {socket.if_nametoindex(args.inside): "inside",
              socket.if_nametoindex(args.outside): "outside"}
-    feed = FastFeed(core, args.queue, sides, batch=args.batch)
+    feed = FastFeed(core, args.queue, sides, batch=args.batch, drain_us=args.drain_us)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print("ready", flush=True)

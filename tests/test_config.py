@@ -267,3 +267,11 @@ def test_core_refusal_is_a_config_error_at_its_line(tmp_path):
     e = ei.value
     assert (e.line, e.key) == (L_STATIC1, "nat.static[1]")
     assert "refused by the core" in e.problem and "Conflict" in e.problem
+
+
+def test_feed_drain_us(tmp_path):
+    c = config.load(write(tmp_path, insert_after(GOOD, L_BATCH, "drain_us = 2000")))
+    assert c.feed.drain_us == 2000
+    for bad in ("drain_us = -1", f"drain_us = {config.DRAIN_US_MAX + 1}"):
+        e = refused(tmp_path, insert_after(GOOD, L_BATCH, bad))
+        assert e.key == "feed.drain_us" and e.line == L_BATCH + 1

@@ -64,10 +64,11 @@ def net(request):
 class Feed:
     """The driver process in fw-a: starts bound, stops with its counters."""
 
-    def __init__(self, net: Lab):
+    def __init__(self, net: Lab, drain_us: int = 0):
         self.proc = net.spawn(FW_A, [sys.executable, str(REPO / "tests" / "feed_driver.py"),
                                      "--queue", str(QUEUE), "--pool", POOL,
-                                     "--inside", INSIDE_LEG, "--outside", OUTSIDE_LEG],
+                                     "--inside", INSIDE_LEG, "--outside", OUTSIDE_LEG,
+                                     "--drain-us", str(drain_us)],
                               env=dict(os.environ, PYTHONPATH=str(REPO)))
         line = self.proc.stdout.readline()
         assert line.strip() == "ready", (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
@@ -84,9 +85,10 @@ class Feed:
         self.proc.communicate(timeout=5)
 
 
-@pytest.fixture
+@pytest.fixture(params=[0, 2000], ids=["batch", "drain2ms"])
 def feed(net, request):
-    f = Feed(net)
+    """The driver, one batch per call (drain_us 0) or draining the queue for up to 2 ms."""
+    f = Feed(net, request.param)
     net.iptables_restore(FW_A, RULES)
 
     def fin():

@@ -50,3 +50,14 @@ def test_extended_adds_nodes_and_is_checked():
         topo.extended(nodes=(Node("x", "bridge"),))
     with pytest.raises(KeyError):                          # a link to a node not there
         topo.extended(links=(Link("nowhere", "eth0", IN_SW, ()),))
+
+
+def test_unit_config_is_a_valid_config_with_and_without_batch(tmp_path):
+    from dataplane.config import load
+    from scripts.lab.unit import unit_config
+    topo = lab("npt-")
+    for batch, want in ((None, 64), (256, 256)):
+        path = tmp_path / "fw-a.toml"
+        path.write_text(unit_config(topo, "fw-a", "c", batch=batch))
+        cfg = load(str(path))
+        assert cfg.feed.kind == "c" and cfg.feed.batch == want

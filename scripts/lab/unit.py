@@ -41,15 +41,18 @@ def config_path(topo: Topology, name: str) -> Path:
 
 
 def unit_config(topo: Topology, name: str, feed: str = "c", extra: str = "",
-                ports: tuple[int, int] = (1024, 65535)) -> str:
+                ports: tuple[int, int] = (1024, 65535), *, batch: int | None = None,
+                drain_us: int | None = None) -> str:
     """The unit's TOML config in the lab: [unit] [interfaces] [nat] (NAT_ADDR, `ports`) [feed]
-    [control], then `extra`, a TOML fragment appended as it is ([[nat.static]], [timeouts])."""
+    (`batch`, `drain_us` when given) [control], then `extra`, a TOML fragment appended as it
+    is ([[nat.static]], [timeouts])."""
     return (
         f"# natpair unit {name} in the lab {topo.prefix}*: written by scripts/lab/unit.py\n"
         f"[unit]\nname = \"{name}\"\nnetns = \"{topo.ns(name)}\"\n\n"
         f"[interfaces]\ninside = \"{INSIDE_LEG}\"\noutside = \"{OUTSIDE_LEG}\"\n\n"
         f"[nat]\npool = [\"{NAT_ADDR}\"]\nports = [{ports[0]}, {ports[1]}]\n\n"
-        f"[feed]\nkind = \"{feed}\"\n\n"
+        f"[feed]\nkind = \"{feed}\"\n" + (f"batch = {batch}\n" if batch else "")
+        + (f"drain_us = {drain_us}\n" if drain_us is not None else "") + "\n"
         # Per lab, so fw-a of `make lab` and fw-a of a test run do not share a socket.
         f"[control]\nsocket = \"{socket_path(topo, name)}\"\n"
         + (f"\n{extra}" if extra else "")
@@ -58,15 +61,17 @@ def unit_config(topo: Topology, name: str, feed: str = "c", extra: str = "",
 
 def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
                ready_s: float = 10.0, extra_config: str = "",
-               ports: tuple[int, int] = (1024, 65535)) -> StartedUnit:
+               ports: tuple[int, int] = (1024, 65535), batch: int | None = None,
+               drain_us: int | None = None) -> StartedUnit:
     """Start the natpair daemon of unit `name` in its namespace; return once it is ready.
-    `extra_config` and `ports` go to its config (unit_config)."""
+    `extra_config`, `ports`, `batch` and `drain_us` go to its config (unit_config)."""
     if topo.node(name).role != "unit":
         raise ValueError(f"{name!r} is not a unit")
     rdir = run_dir(topo.prefix)
     rdir.mkdir(parents=True, exist_ok=True)
     cfg = config_path(topo, name)
-    cfg.write_text(unit_config(topo, name, feed, extra_config, ports))
+    cfg.write_text(unit_config(topo, name, feed, extra_config, ports, batch=batch,
+                               drain_us=drain_us))
     logf = rdir / f"{name}.log"
     with open(logf, "ab") as out:
         proc = nsexec.popen(topo.ns(name),
