@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import logging
 from typing import NamedTuple, Protocol
 
 from replication.fsm import LOG, Clock, Machine, Transition, monotonic_ms
