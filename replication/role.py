@@ -32,6 +32,9 @@ The rules (issue 4, sections 4-6):
 - Negotiation: two units that start together pick one active deterministically:
   higher ``priority`` wins, then the lower ``unit_id``. The same comparison ends a
   dual-active episode (the loser goes STANDBY_COLD and re-syncs).
+- ``on_peer`` judges every hello against the current state; an unchanged hello that
+  would be a self-loop is not logged again. ``manual_standby()`` (only with a ready
+  peer) sets ``yielding`` in our hellos so that the peer wins the comparison.
 - Takeover order: state first, then addresses (``TAKEOVER_STEPS``); release:
   addresses first, then the core (``RELEASE_STEPS``).
 """
