@@ -1,0 +1,198 @@
+"""Failure detection of the peer: when to send hellos, when the peer is gone.
+
+Pure logic with an injected clock: the caller sends the hellos this module asks
+for, tells it of every hello received (and on which path) and of the failover
+link's carrier (netlink), and feeds the events that ``poll()`` returns to
+``replication.role.Role.on_detect``. Names used:
+
+- paths: ``FAILOVER`` (the dedicated failover link) and the data interfaces
+  (by default ``"inside"`` and ``"outside"``); hellos go out on every path
+  every ``poll_ms``.
+- ``Detector``: ``hellos_due()`` (paths to send a hello on now), ``hello(path)``,
+  ``carrier(up)``, ``poll()`` -> ``[(RoleEvent, reason)]``, ``next_deadline()``.
+- ``check_timers(poll_ms, hold_ms)``: the config check (hold >= 3 x poll), raising
+  ``TimerError`` with the key at fault, for dataplane.config to turn into a
+  ``ConfigError`` at its line.
+
+Events (edges, one per episode, never repeated every poll):
+
+- PEER_SILENT: no hello on ANY path for ``hold_ms`` (also at start-up: a unit that
+  hears nobody for the hold time negotiates alone); or, faster, the failover
+  link's carrier dropped (the peer's end vanished) and no hello came on a data
+  interface within ``confirm_polls`` polls after the drop.
+- PEER_LINK_DOWN: the carrier dropped: a hint, sent at once; the role waits.
+- DATA_LINK_PEER_ALIVE: the failover link is down or silent for the hold time but
+  the peer still answers on a data interface: do NOT take over (split link).
+
+A new episode starts when a hello arrives again (PEER_SILENT can come once more).
+Counters: hellos_rx_<path>, hellos_tx_<path>, carrier_down, carrier_up,
+silent_hold, silent_carrier, split_link, peer_back.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Iterable
+
+from replication.fsm import LOG, Clock, monotonic_ms
+from replication.role import RoleEvent
+
+FAILOVER = "failover"
+DATA_PATHS = ("inside", "outside")
+DEFAULT_POLL_MS = 10
+DEFAULT_HOLD_MS = 50
+CONFIRM_POLLS = 2
+MIN_HOLD_POLLS = 3
+
+
+class TimerError(ValueError):
+    """A refused timer setting: ``key`` (``poll_ms``, ``hold_ms``) and what is wrong."""
+
+    def __init__(self, key: str, problem: str):
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}")
+
+
+def check_timers(poll_ms: int, hold_ms: int, confirm_polls: int = CONFIRM_POLLS) -> None:
+    for key, v in (("poll_ms", poll_ms), ("hold_ms", hold_ms), ("confirm_polls", confirm_polls)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TimerError(key, f"must be an integer number of milliseconds, not {v!r}")
+        if v < 1:
+            raise TimerError(key, f"must be at least 1, not {v}")
+    if hold_ms < MIN_HOLD_POLLS * poll_ms:
+        raise TimerError("hold_ms", f"{hold_ms} ms is less than {MIN_HOLD_POLLS} x poll_ms "
+                         f"({MIN_HOLD_POLLS} x {poll_ms} = {MIN_HOLD_POLLS * poll_ms} ms): "
+                         f"one late hello would fail the peer over")
+    if confirm_polls * poll_ms >= hold_ms:
+        raise TimerError("confirm_polls", f"{confirm_polls} polls of {poll_ms} ms are not shorter "
+                         f"than hold_ms ({hold_ms} ms): the carrier hint would gain nothing")
+
+
+class Detector:
+    def __init__(self, *, poll_ms: int = DEFAULT_POLL_MS, hold_ms: int = DEFAULT_HOLD_MS,
+                 data_paths: Iterable[str] = DATA_PATHS, confirm_polls: int = CONFIRM_POLLS,
+                 clock: Clock = monotonic_ms, name: str = "detect"):
+        check_timers(poll_ms, hold_ms, confirm_polls)
+        self.poll_ms, self.hold_ms, self.confirm_polls = poll_ms, hold_ms, confirm_polls
+        self.data_paths = tuple(data_paths)
+        if FAILOVER in self.data_paths or not self.data_paths:
+            raise ValueError(f"data paths must be named and not {FAILOVER!r}: {self.data_paths}")
+        self.clock, self.name = clock, name
+        now = clock()
+        self.started = now
+        self.last: dict[str, int | None] = {p: None for p in (FAILOVER, *self.data_paths)}
+        self.last_any = now             # silence counts from start-up
+        self.carrier_up = True
+        self.carrier_down_at: int | None = None
+        self._confirm_deadline: int | None = None
+        self.silent = False             # PEER_SILENT sent in this episode
+        self.split = False              # DATA_LINK_PEER_ALIVE sent in this episode
+        self._next_send = now
+        self._out: list[tuple[RoleEvent, str]] = []
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # ---- sending ----
+
+    def hellos_due(self) -> list[str]:
+        """The paths to send a hello on now (empty until the next poll); no catch-up bursts."""
+        now = self.clock()
+        if now < self._next_send:
+            return []
+        self._next_send = now + self.poll_ms
+        paths = [p for p in (FAILOVER, *self.data_paths) if p != FAILOVER or self.carrier_up]
+        for p in paths:
+            self.counters[f"hellos_tx_{p}"] += 1
+        return paths
+
+    def next_deadline(self) -> int:
+        """The latest time the caller should call ``hellos_due``/``poll`` again."""
+        d = [self._next_send]
+        if not self.silent:
+            d.append(self.last_any + self.hold_ms)
+        if self._confirm_deadline is not None:
+            d.append(self._confirm_deadline)
+        return min(d)
+
+    # ---- inputs ----
+
+    def hello(self, path: str) -> None:
+        if path not in self.last:
+            raise ValueError(f"unknown path {path!r} (known: {', '.join(self.last)})")
+        now = self.clock()
+        self.counters[f"hellos_rx_{path}"] += 1
+        self.last[path] = now
+        self.last_any = now
+        if self.silent:
+            self.silent = False
+            self.counters["peer_back"] += 1
+            LOG.info("%s peer back path=%s", self.name, path)
+        if path == FAILOVER:
+            self.split = False
+        elif self._confirm_deadline is not None:
+            # the carrier dropped, yet the peer answers here: the link is cut, the peer lives
+            self._confirm_deadline = None
+            self._split(f"carrier down, hello on {path}")
+
+    def carrier(self, up: bool) -> None:
+        """The failover link's carrier, from netlink (the interface vanishing counts as down)."""
+        if up == self.carrier_up:
+            return
+        now = self.clock()
+        self.carrier_up = up
+        if up:
+            self.counters["carrier_up"] += 1
+            self.carrier_down_at = self._confirm_deadline = None
+            LOG.info("%s failover carrier up", self.name)
+            return
+        self.counters["carrier_down"] += 1
+        self.carrier_down_at = now
+        if not self.silent:
+            self._confirm_deadline = now + self.confirm_polls * self.poll_ms
+        self._out.append((RoleEvent.PEER_LINK_DOWN,
+                          f"failover carrier lost, confirming over data within {self.confirm_polls} polls"))
+
+    # ---- the decision ----
+
+    def poll(self) -> list[tuple[RoleEvent, str]]:
+        now = self.clock()
+        out, self._out = self._out, []
+        if self.silent:
+            return out
+        if self._confirm_deadline is not None and now >= self._confirm_deadline:
+            self._confirm_deadline = None
+            self.counters["silent_carrier"] += 1
+            out.append(self._silent(f"failover carrier lost and no hello on {'/'.join(self.data_paths)} "
+                                    f"for {now - self.carrier_down_at} ms"))
+        elif now - self.last_any >= self.hold_ms:
+            self.counters["silent_hold"] += 1
+            out.append(self._silent(f"no hello on any path for {now - self.last_any} ms "
+                                    f"(hold {self.hold_ms} ms)"))
+        elif not self.split and self._confirm_deadline is None:
+            fo = self.last[FAILOVER]
+            fo_dead = not self.carrier_up or (fo if fo is not None else self.started) + self.hold_ms <= now
+            if fo_dead and any(t is not None and now - t < self.hold_ms
+                               for p, t in self.last.items() if p != FAILOVER):
+                self._split("failover link silent for the hold time, peer answers on a data interface")
+        out.extend(self._out)
+        self._out = []
+        return out
+
+    def _silent(self, reason: str) -> tuple[RoleEvent, str]:
+        self.silent = True
+        self.split = False
+        LOG.warning("%s peer silent: %s", self.name, reason)
+        return RoleEvent.PEER_SILENT, reason
+
+    def _split(self, reason: str) -> None:
+        if self.split:
+            return
+        self.split = True
+        self.counters["split_link"] += 1
+        LOG.warning("%s split link, no takeover: %s", self.name, reason)
+        self._out.append((RoleEvent.DATA_LINK_PEER_ALIVE, reason))
+
+    def status(self) -> dict:
+        now = self.clock()
+        return {"poll_ms": self.poll_ms, "hold_ms": self.hold_ms, "carrier_up": self.carrier_up,
+                "silent": self.silent, "split": self.split,
+                "last_ms_ago": {p: None if t is None else now - t for p, t in self.last.items()},
+                "counters": dict(self.counters)}

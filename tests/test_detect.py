@@ -1,0 +1,171 @@
+"""Failure detection: hello schedule, hold time, carrier hint confirmed over the data paths.
+
+A fake clock moves 1 ms at a time; the peer's hellos are fed in by hand.
+"""
+from __future__ import annotations
+
+import pytest
+
+from replication.detect import FAILOVER, Detector, TimerError, check_timers
+from replication.role import Role, RoleEvent as Ev, RoleState as St
+
+POLL, HOLD = 10, 50
+
+
+class Clock:
+    def __init__(self, t: int = 10_000):
+        self.t = t
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def run(det: Detector, clock: Clock, ms: int, peer_paths=(), role: Role | None = None):
+    """Advance ms milliseconds; the peer sends a hello every POLL ms on peer_paths."""
+    events = []
+    for _ in range(ms):
+        clock.t += 1
+        if clock.t % POLL == 0:
+            for p in peer_paths:
+                det.hello(p)
+        for ev in det.poll():
+            events.append((clock.t, ev[0]))
+            if role is not None:
+                role.on_detect(*ev)
+    return events
+
+
+def test_hold_must_be_three_polls():
+    check_timers(10, 30)
+    with pytest.raises(TimerError, match=r"hold_ms: 29 ms is less than 3 x poll_ms \(3 x 10 = 30 ms\)") as e:
+        check_timers(10, 29)
+    assert e.value.key == "hold_ms"
+    with pytest.raises(TimerError, match="poll_ms: must be at least 1"):
+        check_timers(0, 30)
+    with pytest.raises(TimerError, match="hold_ms: must be an integer"):
+        check_timers(10, 30.5)
+    with pytest.raises(TimerError) as e:
+        Detector(poll_ms=20, hold_ms=50)
+    assert e.value.key == "hold_ms"
+
+
+def test_hellos_every_poll_on_every_path_but_a_dead_carrier():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    sent = []
+    for _ in range(35):
+        if paths := det.hellos_due():
+            sent.append((clock.t, tuple(paths)))
+        clock.t += 1
+    assert [t for t, _ in sent] == [10_000, 10_010, 10_020, 10_030]
+    assert sent[0][1] == (FAILOVER, "inside", "outside")
+    det.carrier(False)
+    clock.t += POLL
+    assert det.hellos_due() == ["inside", "outside"]
+    assert det.counters["hellos_tx_failover"] == 4
+
+
+def test_silence_from_start_up_is_reported_after_the_hold_time_once():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    start = clock.t
+    assert run(det, clock, 500) == [(start + HOLD, Ev.PEER_SILENT)]
+    assert det.counters["silent_hold"] == 1
+
+
+def test_hold_expiry_after_the_last_hello_on_any_path():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    assert run(det, clock, 200, peer_paths=(FAILOVER, "inside", "outside")) == []
+    last = clock.t - clock.t % POLL
+    assert run(det, clock, 200) == [(last + HOLD, Ev.PEER_SILENT)]
+    # the peer comes back: a new episode
+    assert run(det, clock, 100, peer_paths=(FAILOVER,)) == []
+    assert det.counters["peer_back"] == 1
+    last = clock.t - clock.t % POLL
+    assert run(det, clock, 100) == [(last + HOLD, Ev.PEER_SILENT)]
+
+
+def test_carrier_loss_and_data_silence_confirmed_within_two_polls():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 105, peer_paths=(FAILOVER, "inside", "outside"))
+    down = clock.t
+    det.carrier(False)                   # the peer's namespace is gone
+    ev = run(det, clock, 100)
+    assert ev == [(down + 1, Ev.PEER_LINK_DOWN), (down + 2 * POLL, Ev.PEER_SILENT)]
+    assert 2 * POLL < HOLD
+    assert det.counters["silent_carrier"] == 1 and det.counters["silent_hold"] == 0
+
+
+def test_carrier_loss_with_the_peer_alive_on_a_data_path_is_a_split_link():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 105, peer_paths=(FAILOVER, "inside", "outside"))
+    det.carrier(False)
+    ev = run(det, clock, 10 * HOLD, peer_paths=("inside",))
+    assert [e for _, e in ev] == [Ev.PEER_LINK_DOWN, Ev.DATA_LINK_PEER_ALIVE]
+    assert ev[1][0] - ev[0][0] <= POLL
+    assert det.counters["split_link"] == 1
+    # then the peer dies for good: the hold time of the data paths decides
+    ev = run(det, clock, 200)
+    assert [e for _, e in ev] == [Ev.PEER_SILENT]
+
+
+def test_failover_link_silent_without_carrier_change_but_data_alive_is_a_split_link():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 100, peer_paths=(FAILOVER, "inside", "outside"))
+    ev = run(det, clock, 1000, peer_paths=("inside", "outside"))
+    assert [e for _, e in ev] == [Ev.DATA_LINK_PEER_ALIVE]
+    # the failover link heals, then breaks again: a new split is reported
+    run(det, clock, 100, peer_paths=(FAILOVER, "inside"))
+    ev = run(det, clock, 200, peer_paths=("outside",))
+    assert [e for _, e in ev] == [Ev.DATA_LINK_PEER_ALIVE]
+    assert det.counters["split_link"] == 2
+
+
+def _ready_standby(clock) -> Role:
+    r = Role(2, clock=clock)
+    r.start()
+    r.on_peer(St.ACTIVE, 100, 1)
+    r.on_bulk(Ev.BULK_START)
+    r.on_bulk(Ev.BULK_DONE)
+    assert r.state is St.STANDBY_READY
+    return r
+
+
+def test_with_the_role_carrier_loss_takes_over_within_two_polls():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    role = _ready_standby(clock)
+    run(det, clock, 100, peer_paths=(FAILOVER, "inside", "outside"), role=role)
+    down = clock.t
+    det.carrier(False)
+    run(det, clock, 100, role=role)
+    took = next(t for t in role.history if t.dst is St.ACTIVE)
+    assert took.time_ms - down <= 2 * POLL
+    assert took.src is St.STANDBY_READY and took.event is Ev.PEER_SILENT
+
+
+def test_with_the_role_hold_expiry_takes_over():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    role = _ready_standby(clock)
+    run(det, clock, 100, peer_paths=(FAILOVER, "inside", "outside"), role=role)
+    last = clock.t - clock.t % POLL
+    run(det, clock, 200, role=role)
+    took = next(t for t in role.history if t.dst is St.ACTIVE)
+    assert took.time_ms == last + HOLD
+
+
+def test_with_the_role_a_cut_failover_link_with_the_peer_alive_never_takes_over():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    role = _ready_standby(clock)
+    run(det, clock, 100, peer_paths=(FAILOVER, "inside", "outside"), role=role)
+    det.carrier(False)
+    run(det, clock, 20 * HOLD, peer_paths=("outside",), role=role)
+    assert role.state is St.STANDBY_READY
+    assert role.counters["split_link_no_takeover"] == 1
+    assert role.counters["takeovers"] == 0
