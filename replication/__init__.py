@@ -1,6 +1,7 @@
 """Replication of the core's tables to the standby.
 
 wire (the datagram format), replay (anti-replay window), counters (drop/outcome counters),
-transport (reliable batched stream, FTFW-style), udp (the socket under it). Bulk sync and
-the failover role land with the rest of the failover issue.
+transport (reliable batched stream, FTFW-style), udp (the socket under it), fsm (the state
+machine engine), role (the failover role), detect (failure detection from hellos and
+carrier), bulk (the bulk sync of a joining standby). Not yet wired into the daemon.
 """
