@@ -41,9 +41,11 @@ int np_table_init(struct np_core *c)
 {
     uint32_t max = c->cfg.max_states;
     c->states = zalloc(c, max, sizeof(*c->states));
-    uint32_t kb = pow2_at_least(2 * max, 1024);
+    /* 4 buckets a state (2 refs): short chains, as the hit path walks them on every packet */
+    uint32_t kb = pow2_at_least(4 * max, 1024);
     c->kbuckets = zalloc(c, kb, sizeof(uint32_t));
-    uint32_t ib = pow2_at_least(max, 512);
+    /* half a bucket a state: the id hash is used only by replication, chains of 2 are fine */
+    uint32_t ib = pow2_at_least(max / 2, 512);
     c->ibuckets = zalloc(c, ib, sizeof(uint32_t));
     if (!c->states || !c->kbuckets || !c->ibuckets)
         return NP_ENOMEM;
