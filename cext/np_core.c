@@ -515,11 +515,11 @@ void np_core_process_batch(struct np_core *c, struct np_pkt *pkts, uint32_t n)
                 continue;
             uint32_t ref = c->kbuckets[hash[i] & c->kmask];
             if (ref) {
-                /* a state spans three cache lines: keys, timers and windows, counters */
+                /* the hot part of a state: two cache lines, three for some slots */
                 const char *st = (const char *)&c->states[(ref - 1) >> 1];
                 __builtin_prefetch(st);
                 __builtin_prefetch(st + 64);
-                __builtin_prefetch(st + sizeof(struct np_state) - 1);
+                __builtin_prefetch(st + NP_STATE_HOT_END - 1);
             }
         }
         /* a chain holds 1.5 states on average at a full table: the second hop's
@@ -534,7 +534,7 @@ void np_core_process_batch(struct np_core *c, struct np_pkt *pkts, uint32_t n)
                 const char *st = (const char *)&c->states[(next - 1) >> 1];
                 __builtin_prefetch(st);
                 __builtin_prefetch(st + 64);
-                __builtin_prefetch(st + sizeof(struct np_state) - 1);
+                __builtin_prefetch(st + NP_STATE_HOT_END - 1);
             }
         }
         for (uint32_t i = 0; i < m; i++) {

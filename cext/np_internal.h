@@ -12,6 +12,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "natpair.h"
@@ -96,30 +97,33 @@ struct np_peer {
 #define NP_JF_RESEND_DELETE 4   /* deleted while the ring was full: zombie slot */
 
 struct np_state {
+    /* hot: read or written by every packet of an established flow (bytes 0..103,
+     * so at most two cache lines of the 64-byte aligned pool for most slots) */
     struct np_key key[2];       /* [0] initiator's packets, [1] responder's */
-    uint64_t id;
-    uint32_t creator;
     uint32_t hnext[2];          /* key hash chains (refs) */
-    uint32_t idnext;            /* id hash chain (slot + 1) */
-    uint32_t tnext, tprev;      /* timer wheel list (slot + 1) */
     uint32_t expire;            /* core seconds */
-    uint32_t created;           /* core seconds */
     uint32_t jexpire;           /* expire as last journaled: idle timers replicate too */
-    uint32_t mapping;           /* mapping index + 1, 0 = none */
     struct np_peer peer[2];
-    uint16_t wheel_slot;
     uint8_t tcp_state;
     uint8_t tmo;                /* enum np_timeout */
     uint8_t sflags;             /* NP_SF_* */
-    uint8_t live;
     _Atomic uint8_t jflags;     /* NP_JF_* */
-    uint8_t pad;
     uint32_t packets[2];
+    uint32_t mapping;           /* mapping index + 1, 0 = none */
     uint64_t bytes[2];
+    /* cold: new flows, deletion, timers, replication */
+    uint64_t id;
+    uint32_t creator;
+    uint32_t idnext;            /* id hash chain (slot + 1) */
+    uint32_t tnext, tprev;      /* timer wheel list (slot + 1) */
+    uint32_t created;           /* core seconds */
+    uint16_t wheel_slot;
+    uint8_t live;
+    uint8_t pad;
 };
-/* with its share of the key hash (8 B), id hash (4 B) and a mapping (28 + 8 B)
- * a state costs at most 192 bytes: the budget of the issue */
-_Static_assert(sizeof(struct np_state) <= 144, "state record budget");
+#define NP_STATE_HOT_END offsetof(struct np_state, id)
+_Static_assert(sizeof(struct np_state) <= 136, "state record budget");
+_Static_assert(NP_STATE_HOT_END <= 104, "hot fields of a state");
 
 /* ---- NAT mapping (endpoint-independent) ---- */
 struct np_mapping {
@@ -207,7 +211,8 @@ struct np_core {
     uint64_t counters[NP_CTR_COUNT];
 
     /* state pool */
-    struct np_state *states;
+    struct np_state *states;    /* 64-byte aligned, inside states_raw */
+    void *states_raw;
     uint32_t nstates;           /* live + zombie */
     uint32_t free_head;         /* slot + 1 */
     uint64_t next_id;

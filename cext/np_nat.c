@@ -31,8 +31,8 @@ static uint32_t map_hash(struct np_core *c, uint8_t proto, uint32_t addr, uint16
 int np_nat_init(struct np_core *c)
 {
     uint32_t cap = c->cfg.max_states;
-    uint32_t b = 512;
-    while (b < cap)
+    uint32_t b = 512;           /* half a bucket a mapping each way: used only by new flows */
+    while (b < cap / 2)
         b <<= 1;
     c->maps = calloc(cap, sizeof(*c->maps));
     c->min_buckets = calloc(b, sizeof(uint32_t));

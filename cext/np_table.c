@@ -40,12 +40,17 @@ static void *zalloc(struct np_core *c, size_t n, size_t size)
 int np_table_init(struct np_core *c)
 {
     uint32_t max = c->cfg.max_states;
-    c->states = zalloc(c, max, sizeof(*c->states));
-    uint32_t kb = pow2_at_least(2 * max, 1024);
+    /* the pool starts on a cache line: a state's hot part then spans two lines
+     * for most slots (three for the rest), never four */
+    c->states_raw = zalloc(c, 1, (size_t)max * sizeof(*c->states) + 64);
+    c->states = (struct np_state *)(((uintptr_t)c->states_raw + 63) & ~(uintptr_t)63);
+    /* 4 buckets a state (2 refs): short chains, as the hit path walks them on every packet */
+    uint32_t kb = pow2_at_least(4 * max, 1024);
     c->kbuckets = zalloc(c, kb, sizeof(uint32_t));
-    uint32_t ib = pow2_at_least(max, 512);
+    /* half a bucket a state: the id hash is used only by replication, chains of 2 are fine */
+    uint32_t ib = pow2_at_least(max / 2, 512);
     c->ibuckets = zalloc(c, ib, sizeof(uint32_t));
-    if (!c->states || !c->kbuckets || !c->ibuckets)
+    if (!c->states_raw || !c->kbuckets || !c->ibuckets)
         return NP_ENOMEM;
     c->kmask = kb - 1;
     c->imask = ib - 1;
@@ -59,7 +64,7 @@ int np_table_init(struct np_core *c)
 
 void np_table_free(struct np_core *c)
 {
-    free(c->states);
+    free(c->states_raw);
     free(c->kbuckets);
     free(c->ibuckets);
 }
