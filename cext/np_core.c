@@ -161,7 +161,7 @@ static inline void st16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 static inline void st32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 
 /* new addresses into an IP header, its checksum patched; returns the delta for pseudo-headers */
-static uint32_t rewrite_ip(uint8_t *ip, uint32_t src, uint32_t dst)
+static inline uint32_t rewrite_ip(uint8_t *ip, uint32_t src, uint32_t dst)
 {
     uint32_t delta = np_csum_add32(0, ld32(ip + 12), src) + np_csum_add32(0, ld32(ip + 16), dst);
     st32(ip + 12, src);
@@ -445,7 +445,7 @@ static int process_parsed(struct np_core *c, struct np_pkt *p, struct np_parsed 
         bool changed = false;
         if (proto == 1 && pp->icmp_type != (dir == NP_DIR_ORIG ? 8 : 0))
             return drop(c, p, NP_CTR_DROP_ICMP_DIR);
-        if (proto == 6) {
+        if (proto == 6 && !np_tcp_track_fast(s, pp, dir, &changed)) {
             enum np_counter why = np_tcp_track(c, s, pp, dir, &changed);
             if (why)
                 return drop(c, p, why);
@@ -459,7 +459,7 @@ static int process_parsed(struct np_core *c, struct np_pkt *p, struct np_parsed 
             s->expire = expire;     /* later is always safe: the wheel re-slots it */
         }
         /* an idle timer refreshed by a quarter of its length is news for the standby */
-        if (changed || expire - s->jexpire >= c->tmo_s[tmo] / 4 + 1)
+        if (c->journal_on && (changed || expire - s->jexpire >= c->tmo_s[tmo] / 4 + 1))
             np_journal_note(c, s, NP_EV_UPDATE);
     }
     s->packets[dir]++;

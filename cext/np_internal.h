@@ -295,7 +295,20 @@ int np_parse(struct np_core *c, const uint8_t *pkt, uint32_t len, struct np_pars
 /* ---- np_table.c ---- */
 int np_table_init(struct np_core *c);
 void np_table_free(struct np_core *c);
-struct np_state *np_table_lookup(struct np_core *c, const struct np_key *k, uint64_t hash, int *dir);
+static inline struct np_state *np_table_lookup(struct np_core *c, const struct np_key *k, uint64_t hash, int *dir)
+{
+    uint32_t ref = c->kbuckets[hash & c->kmask];
+    while (ref) {
+        uint32_t slot = (ref - 1) >> 1, d = (ref - 1) & 1;
+        struct np_state *s = &c->states[slot];
+        if (np_key_eq(&s->key[d], k)) {
+            *dir = (int)d;
+            return s;
+        }
+        ref = s->hnext[d];
+    }
+    return NULL;
+}
 struct np_state *np_table_alloc(struct np_core *c);
 void np_table_insert(struct np_core *c, struct np_state *s);
 void np_table_unlink_keys(struct np_core *c, struct np_state *s);
@@ -341,8 +354,78 @@ void np_tcp_init(struct np_core *c, struct np_state *s, const struct np_parsed *
 /* returns 0 (accept) or the counter of the drop reason */
 enum np_counter np_tcp_track(struct np_core *c, struct np_state *s, const struct np_parsed *pp,
                              int dir, bool *changed);
-enum np_timeout np_tcp_timeout(uint8_t tcp_state);
-bool np_tcp_flags_valid(uint8_t flags);
+
+/* np_tcp_track's answer for the common packet, inline: a plain ACK (no SYN, FIN
+ * or RST) of an ESTABLISHED connection whose ends were both seen, the receiving
+ * end with no FIN, and in the window. The same arithmetic as np_tcp_track's for
+ * that case; true if it accepted the packet (and updated the window), false if
+ * the caller must ask np_tcp_track (nothing has been changed then). */
+static inline bool np_tcp_track_fast(struct np_state *s, const struct np_parsed *pp, int dir,
+                                     bool *changed)
+{
+    struct np_peer *src = &s->peer[dir], *dst = &s->peer[1 - dir];
+    if ((pp->tcp_flags & (0x01 | 0x02 | 0x04 | 0x10)) != 0x10 ||     /* FIN SYN RST / ACK */
+        s->tcp_state != NP_TCPS_ESTABLISHED || !(src->flags & NP_PEER_SEEN) ||
+        (dst->flags & (NP_PEER_SEEN | NP_PEER_FIN)) != NP_PEER_SEEN)
+        return false;
+    uint32_t sws = 0, dws = 0;
+    if ((src->wscale & NP_WSCALE_FLAG) && (dst->wscale & NP_WSCALE_FLAG)) {
+        sws = src->wscale & NP_WSCALE_MASK;
+        dws = dst->wscale & NP_WSCALE_MASK;
+    }
+    uint32_t seq = pp->seq, ack = pp->ack, win = pp->win;
+    uint32_t end = seq + pp->payload;
+    if (seq == end)
+        seq = end = src->seqlo;         /* no data: ease the sequencing restrictions */
+    int32_t ackskew = (int32_t)(dst->seqlo - ack);
+    const int32_t maxack = 0xffff + 1500;   /* MAXACKWINDOW */
+    if (!((int32_t)(src->seqhi - end) >= 0 &&
+          (int32_t)(seq - (src->seqlo - ((uint32_t)dst->max_win << dws))) >= 0 &&
+          ackskew >= -maxack && ackskew <= (maxack << sws)))
+        return false;
+    bool chg = false;
+    if (win > src->max_win) {
+        src->max_win = (uint16_t)win;
+        chg = true;
+    }
+    if ((int32_t)(end - src->seqlo) > 0) {
+        src->seqlo = end;
+        chg = true;
+    }
+    uint32_t room = win << sws;
+    if ((int32_t)(ack + room - dst->seqhi) >= 0) {
+        uint32_t hi = ack + (room ? room : 1);
+        chg |= hi != dst->seqhi;
+        dst->seqhi = hi;
+    }
+    if (chg)
+        *changed = true;
+    return true;
+}
+/* inline: the hit path asks it for every TCP packet */
+static inline enum np_timeout np_tcp_timeout(uint8_t st)
+{
+    switch (st) {
+    case NP_TCPS_ESTABLISHED: return NP_TMO_TCP_ESTABLISHED;
+    case NP_TCPS_FIN_WAIT:
+    case NP_TCPS_CLOSE_WAIT:
+    case NP_TCPS_LAST_ACK: return NP_TMO_TCP_CLOSING;
+    case NP_TCPS_TIME_WAIT: return NP_TMO_TCP_TIME_WAIT;
+    case NP_TCPS_CLOSED: return NP_TMO_TCP_CLOSED;
+    default: return NP_TMO_TCP_EMBRYONIC;
+    }
+}
+static inline bool np_tcp_flags_valid(uint8_t f)
+{
+    /* 0x01 FIN, 0x02 SYN, 0x04 RST, 0x10 ACK */
+    if (!(f & (0x02 | 0x04 | 0x10)))
+        return false;           /* no flags, FIN alone, PSH/URG alone */
+    if ((f & 0x02) && (f & (0x01 | 0x04)))
+        return false;
+    if ((f & 0x01) && !(f & 0x10))
+        return false;
+    return true;
+}
 
 /* ---- np_journal.c ---- */
 int np_journal_init(struct np_core *c, uint32_t size);

@@ -74,21 +74,6 @@ static inline uint32_t id_bucket(struct np_core *c, uint32_t creator, uint64_t i
     return (uint32_t)np_mix64(id ^ ((uint64_t)creator << 40) ^ c->cfg.hash_seed) & c->imask;
 }
 
-struct np_state *np_table_lookup(struct np_core *c, const struct np_key *k, uint64_t hash, int *dir)
-{
-    uint32_t ref = c->kbuckets[hash & c->kmask];
-    while (ref) {
-        uint32_t slot = (ref - 1) >> 1, d = (ref - 1) & 1;
-        struct np_state *s = &c->states[slot];
-        if (np_key_eq(&s->key[d], k)) {
-            *dir = (int)d;
-            return s;
-        }
-        ref = s->hnext[d];
-    }
-    return NULL;
-}
-
 struct np_state *np_table_find_id(struct np_core *c, uint32_t creator, uint64_t id)
 {
     uint32_t ref = c->ibuckets[id_bucket(c, creator, id)];

@@ -65,30 +65,6 @@ static const char *const state_names[NP_TCPS_COUNT] = {
 
 const char *np_tcp_state_name(uint32_t s) { return s < NP_TCPS_COUNT ? state_names[s] : "?"; }
 
-bool np_tcp_flags_valid(uint8_t f)
-{
-    if (!(f & (TH_SYN | TH_RST | TH_ACK)))
-        return false;           /* no flags, FIN alone, PSH/URG alone */
-    if ((f & TH_SYN) && (f & (TH_FIN | TH_RST)))
-        return false;
-    if ((f & TH_FIN) && !(f & TH_ACK))
-        return false;
-    return true;
-}
-
-enum np_timeout np_tcp_timeout(uint8_t st)
-{
-    switch (st) {
-    case NP_TCPS_ESTABLISHED: return NP_TMO_TCP_ESTABLISHED;
-    case NP_TCPS_FIN_WAIT:
-    case NP_TCPS_CLOSE_WAIT:
-    case NP_TCPS_LAST_ACK: return NP_TMO_TCP_CLOSING;
-    case NP_TCPS_TIME_WAIT: return NP_TMO_TCP_TIME_WAIT;
-    case NP_TCPS_CLOSED: return NP_TMO_TCP_CLOSED;
-    default: return NP_TMO_TCP_EMBRYONIC;
-    }
-}
-
 static inline uint32_t seg_end(const struct np_parsed *pp)
 {
     return pp->seq + pp->payload + ((pp->tcp_flags & TH_SYN) ? 1 : 0) +
@@ -158,10 +134,14 @@ enum np_counter np_tcp_track(struct np_core *c, struct np_state *s, const struct
     if (next == XX)
         return NP_CTR_DROP_TCP_TRANSITION;
 
-    /* the window (pf_tcp_track_full) */
-    struct np_peer osrc = *src, odst = *dst;
+    /* the window (pf_tcp_track_full); only a first packet from this end changes the
+     * peers before the window check, so only it needs a copy to restore on a drop */
+    struct np_peer osrc, odst;
     uint32_t end, data_end;
-    if (!(src->flags & NP_PEER_SEEN)) {
+    bool first = !(src->flags & NP_PEER_SEEN);
+    if (NP_UNLIKELY(first)) {
+        osrc = *src;
+        odst = *dst;
         /* first packet from this end: the responder's SYN|ACK (or SYN) */
         end = seq + pp->payload;
         if (f & TH_SYN) {
@@ -217,29 +197,37 @@ enum np_counter np_tcp_track(struct np_core *c, struct np_state *s, const struct
          orig_seq + 1 == src->seqlo);
     if (!in_window) {
         if (!loose) {
-            *src = osrc;
-            *dst = odst;
+            if (first) {
+                *src = osrc;
+                *dst = odst;
+            }
             return NP_CTR_DROP_TCP_WINDOW;
         }
         np_count(c, NP_CTR_TCP_LOOSE_ACCEPT);
     }
-    if (win > src->max_win)
+    /* what changed, field by field (a first packet set NP_PEER_SEEN: a change) */
+    bool chg = first || fin_new || acks_fin || next != s->tcp_state;
+    if (win > src->max_win) {
         src->max_win = (uint16_t)win;
-    if (SEQ_GT(end, src->seqlo))
+        chg = true;
+    }
+    if (SEQ_GT(end, src->seqlo)) {
         src->seqlo = end;
+        chg = true;
+    }
     uint32_t room = win << sws;
-    if (SEQ_GEQ(ack + room, dst->seqhi))
-        dst->seqhi = ack + (room ? room : 1);
+    if (SEQ_GEQ(ack + room, dst->seqhi)) {
+        uint32_t hi = ack + (room ? room : 1);
+        chg |= hi != dst->seqhi;
+        dst->seqhi = hi;
+    }
 
     if (fin_new)
         src->flags |= NP_PEER_FIN;
     if (acks_fin)
         dst->flags |= NP_PEER_FIN_ACKED;
-    if (next != s->tcp_state) {
-        s->tcp_state = next;
-        *changed = true;
-    }
-    if (memcmp(&osrc, src, sizeof(osrc)) || memcmp(&odst, dst, sizeof(odst)))
+    s->tcp_state = next;
+    if (chg)
         *changed = true;
     return NP_CTR_NONE;
 }
