@@ -365,10 +365,10 @@ static struct np_state *create_state(struct np_core *c, const struct np_pkt *p,
     s->key[0] = *k0;
     s->key[1] = k1;
     s->id = c->next_id++;
-    s->creator = c->cfg.creator_id;
+    np_state_ext(c, s)->creator = c->cfg.creator_id;
     s->mapping = map;
     s->sflags = sflags;
-    s->created = c->now_s;
+    np_state_ext(c, s)->created = c->now_s;
     if (proto == 6)
         np_tcp_init(c, s, pp, pickup);
     s->tmo = (uint8_t)state_timeout(s, proto);
@@ -515,11 +515,10 @@ void np_core_process_batch(struct np_core *c, struct np_pkt *pkts, uint32_t n)
                 continue;
             uint32_t ref = c->kbuckets[hash[i] & c->kmask];
             if (ref) {
-                /* the hot part of a state: two cache lines, three for some slots */
+                /* the hot part of a state: its two cache lines */
                 const char *st = (const char *)&c->states[(ref - 1) >> 1];
                 __builtin_prefetch(st);
                 __builtin_prefetch(st + 64);
-                __builtin_prefetch(st + NP_STATE_HOT_END - 1);
             }
         }
         /* a chain holds 1.5 states on average at a full table: the second hop's
@@ -534,7 +533,6 @@ void np_core_process_batch(struct np_core *c, struct np_pkt *pkts, uint32_t n)
                 const char *st = (const char *)&c->states[(next - 1) >> 1];
                 __builtin_prefetch(st);
                 __builtin_prefetch(st + 64);
-                __builtin_prefetch(st + NP_STATE_HOT_END - 1);
             }
         }
         for (uint32_t i = 0; i < m; i++) {
@@ -566,7 +564,7 @@ void np_state_export(struct np_core *c, const struct np_state *s, struct np_stat
 {
     memset(r, 0, sizeof(*r));
     r->id = s->id;
-    r->creator = s->creator;
+    r->creator = np_state_ext(c, s)->creator;
     r->proto = s->key[0].proto;
     r->tcp_state = s->tcp_state;
     r->flags = s->sflags;
@@ -580,7 +578,7 @@ void np_state_export(struct np_core *c, const struct np_state *s, struct np_stat
     }
     uint64_t exp_ms = (uint64_t)s->expire * 1000;
     r->expire_in_ms = exp_ms > c->now_ms ? (uint32_t)(exp_ms - c->now_ms) : 0;
-    uint64_t born_ms = (uint64_t)s->created * 1000;
+    uint64_t born_ms = (uint64_t)np_state_ext(c, s)->created * 1000;
     r->age_ms = c->now_ms > born_ms ? (uint32_t)(c->now_ms - born_ms) : 0;
 }
 
@@ -710,9 +708,9 @@ int np_core_import(struct np_core *c, const struct np_state_rec *r)
     s->key[0] = k[0];
     s->key[1] = k[1];
     s->id = r->id;
-    s->creator = r->creator;
+    np_state_ext(c, s)->creator = r->creator;
     s->mapping = map;
-    s->created = r->age_ms / 1000 <= c->now_s ? c->now_s - r->age_ms / 1000 : 0;
+    np_state_ext(c, s)->created = r->age_ms / 1000 <= c->now_s ? c->now_s - r->age_ms / 1000 : 0;
     np_table_insert(c, s);
     apply_rec(c, s, r);
     s->sflags = sflags;

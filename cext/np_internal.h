@@ -98,7 +98,7 @@ struct np_peer {
 
 struct np_state {
     /* hot: read or written by every packet of an established flow (bytes 0..103,
-     * so at most two cache lines of the 64-byte aligned pool for most slots) */
+     * inside the two cache lines of the record) */
     struct np_key key[2];       /* [0] initiator's packets, [1] responder's */
     uint32_t hnext[2];          /* key hash chains (refs) */
     uint32_t expire;            /* core seconds */
@@ -113,17 +113,24 @@ struct np_state {
     uint64_t bytes[2];
     /* cold: new flows, deletion, timers, replication */
     uint64_t id;
-    uint32_t creator;
     uint32_t idnext;            /* id hash chain (slot + 1) */
     uint32_t tnext, tprev;      /* timer wheel list (slot + 1) */
-    uint32_t created;           /* core seconds */
     uint16_t wheel_slot;
     uint8_t live;
     uint8_t pad;
 };
 #define NP_STATE_HOT_END offsetof(struct np_state, id)
-_Static_assert(sizeof(struct np_state) <= 136, "state record budget");
-_Static_assert(NP_STATE_HOT_END <= 104, "hot fields of a state");
+/* 128 bytes in a 128-byte aligned pool: the hot part of every slot is two cache
+ * lines, one aligned pair (the adjacent-line prefetcher's unit), never three */
+_Static_assert(sizeof(struct np_state) == 128, "state record budget");
+_Static_assert(NP_STATE_HOT_END <= 128, "hot fields of a state");
+
+/* the coldest fields of a state, beside the pool (c->sext[slot]): read by
+ * replication and export only, so they do not push the record past 128 bytes */
+struct np_state_ext {
+    uint32_t creator;
+    uint32_t created;           /* core seconds */
+};
 
 /* ---- NAT mapping (endpoint-independent) ---- */
 struct np_mapping {
@@ -211,8 +218,9 @@ struct np_core {
     uint64_t counters[NP_CTR_COUNT];
 
     /* state pool */
-    struct np_state *states;    /* 64-byte aligned, inside states_raw */
+    struct np_state *states;    /* 128-byte aligned, inside states_raw */
     void *states_raw;
+    struct np_state_ext *sext;  /* [slot]: creator, created */
     uint32_t nstates;           /* live + zombie */
     uint32_t free_head;         /* slot + 1 */
     uint64_t next_id;
@@ -259,6 +267,10 @@ static inline struct np_state *np_slot_state(struct np_core *c, uint32_t slot) {
 static inline uint32_t np_state_slot(struct np_core *c, const struct np_state *s)
 {
     return (uint32_t)(s - c->states);
+}
+static inline struct np_state_ext *np_state_ext(struct np_core *c, const struct np_state *s)
+{
+    return &c->sext[s - c->states];
 }
 
 /* ---- np_csum.c (RFC 1071 / RFC 1624) ---- */

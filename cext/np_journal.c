@@ -45,7 +45,7 @@ static bool push(struct np_core *c, const struct np_state *s, uint8_t kind)
     if (head - tail > j->mask)
         return false;
     j->ring[head & j->mask] = (struct np_event){
-        .id = s->id, .creator = s->creator, .slot = np_state_slot(c, s), .kind = kind};
+        .id = s->id, .creator = np_state_ext(c, s)->creator, .slot = np_state_slot(c, s), .kind = kind};
     atomic_store_explicit(&j->head, head + 1, memory_order_release);
     np_count(c, NP_CTR_JOURNAL_EVENTS);
     return true;
@@ -102,7 +102,7 @@ uint32_t np_core_journal_drain(struct np_core *c, struct np_change *out, uint32_
             continue;
         }
         struct np_state *s = &c->states[ev.slot];
-        if (s->live != 1 || s->id != ev.id || s->creator != ev.creator)
+        if (s->live != 1 || s->id != ev.id || np_state_ext(c, s)->creator != ev.creator)
             continue;           /* deleted since: its DELETE follows */
         atomic_fetch_and_explicit(&s->jflags, (uint8_t)~NP_JF_PENDING, memory_order_relaxed);
         out[n].kind = ev.kind;

@@ -40,17 +40,17 @@ static void *zalloc(struct np_core *c, size_t n, size_t size)
 int np_table_init(struct np_core *c)
 {
     uint32_t max = c->cfg.max_states;
-    /* the pool starts on a cache line: a state's hot part then spans two lines
-     * for most slots (three for the rest), never four */
-    c->states_raw = zalloc(c, 1, (size_t)max * sizeof(*c->states) + 64);
-    c->states = (struct np_state *)(((uintptr_t)c->states_raw + 63) & ~(uintptr_t)63);
+    /* the pool starts on a 128-byte boundary: every state is one aligned pair of lines */
+    c->states_raw = zalloc(c, 1, (size_t)max * sizeof(*c->states) + 128);
+    c->states = (struct np_state *)(((uintptr_t)c->states_raw + 127) & ~(uintptr_t)127);
+    c->sext = zalloc(c, max, sizeof(*c->sext));
     /* 4 buckets a state (2 refs): short chains, as the hit path walks them on every packet */
     uint32_t kb = pow2_at_least(4 * max, 1024);
     c->kbuckets = zalloc(c, kb, sizeof(uint32_t));
     /* half a bucket a state: the id hash is used only by replication, chains of 2 are fine */
     uint32_t ib = pow2_at_least(max / 2, 512);
     c->ibuckets = zalloc(c, ib, sizeof(uint32_t));
-    if (!c->states_raw || !c->kbuckets || !c->ibuckets)
+    if (!c->states_raw || !c->sext || !c->kbuckets || !c->ibuckets)
         return NP_ENOMEM;
     c->kmask = kb - 1;
     c->imask = ib - 1;
@@ -65,6 +65,7 @@ int np_table_init(struct np_core *c)
 void np_table_free(struct np_core *c)
 {
     free(c->states_raw);
+    free(c->sext);
     free(c->kbuckets);
     free(c->ibuckets);
 }
@@ -79,7 +80,7 @@ struct np_state *np_table_find_id(struct np_core *c, uint32_t creator, uint64_t 
     uint32_t ref = c->ibuckets[id_bucket(c, creator, id)];
     while (ref) {
         struct np_state *s = &c->states[ref - 1];
-        if (s->id == id && s->creator == creator)
+        if (s->id == id && np_state_ext(c, s)->creator == creator)
             return s;
         ref = s->idnext;
     }
@@ -93,6 +94,7 @@ struct np_state *np_table_alloc(struct np_core *c)
     struct np_state *s = &c->states[c->free_head - 1];
     c->free_head = s->tnext;
     memset(s, 0, sizeof(*s));
+    memset(np_state_ext(c, s), 0, sizeof(struct np_state_ext));
     c->nstates++;
     return s;
 }
@@ -105,7 +107,7 @@ void np_table_insert(struct np_core *c, struct np_state *s)
         s->hnext[d] = c->kbuckets[b];
         c->kbuckets[b] = (slot << 1 | d) + 1;
     }
-    uint32_t ib = id_bucket(c, s->creator, s->id);
+    uint32_t ib = id_bucket(c, np_state_ext(c, s)->creator, s->id);
     s->idnext = c->ibuckets[ib];
     c->ibuckets[ib] = slot + 1;
     s->live = 1;
@@ -125,7 +127,7 @@ void np_table_unlink_keys(struct np_core *c, struct np_state *s)
             *link = s->hnext[d];
         s->hnext[d] = 0;
     }
-    uint32_t *link = &c->ibuckets[id_bucket(c, s->creator, s->id)];
+    uint32_t *link = &c->ibuckets[id_bucket(c, np_state_ext(c, s)->creator, s->id)];
     while (*link && *link != slot + 1)
         link = &c->states[*link - 1].idnext;
     if (*link)
