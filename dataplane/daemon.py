@@ -33,6 +33,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -43,6 +44,8 @@ from dataplane.config import Config, ConfigError
 SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
 JOURNAL_DRAIN = 1024       # journal changes per drain call
 REPLICATION_TICK_MS = 1    # the replication loop runs at least this often
+GIL_SWITCH_S = 0.0005     # with [failover] (default 0.005)
+TAKEOVER_TCP_GRACE_MS = 3000   # after a takeover, TCP windows re-learn from the first segments
 FEED_WAIT_MS = 50          # how long one feed call waits for packets
 LOG = logging.getLogger("natpair")
 
@@ -230,6 +233,9 @@ class Daemon:
         from replication.pair import Pair
 
         fo = self.cfg.failover
+        # the replication thread must not wait a whole 5 ms GIL slice behind the feed
+        # thread's Python between batches: hellos and the takeover are timed in ms
+        sys.setswitchinterval(GIL_SWITCH_S)
         legs = {"inside": self.cfg.interfaces.inside, "outside": self.cfg.interfaces.outside}
         self.vips = VirtualAddresses([(legs[v.leg], v.address) for v in fo.vips])
         self.vips.remove()                  # a crashed run's, or the lab's: not ours until active
@@ -375,6 +381,10 @@ class _PairActions:
         with self.d.lock:
             self.d.core.set_clock(monotonic_ms())
             self.d.core.set_journal(True)
+            # the replicated windows lag the dead unit's by what it forwarded after its
+            # last journal drain: accept and re-learn for a moment (conntrackd marks its
+            # committed entries "be liberal" for the same reason)
+            self.d.core.set_tcp_grace(TAKEOVER_TCP_GRACE_MS)
         log_event(logging.WARNING, "takeover", step="core_active", states=self.d.core.state_count)
 
     def add_addresses(self) -> None:
