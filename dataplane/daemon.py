@@ -44,6 +44,7 @@ from dataplane.config import Config, ConfigError
 SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
 JOURNAL_DRAIN = 1024       # journal changes per drain call
 REPLICATION_TICK_MS = 1    # the replication loop runs at least this often
+OVERFLOW_CHECK_MS = 100   # how often the journal's overflow counter is looked at
 GIL_SWITCH_S = 0.0005     # with [failover] (default 0.005)
 TAKEOVER_TCP_GRACE_MS = 3000   # after a takeover, TCP windows re-learn from the first segments
 FEED_WAIT_MS = 50          # how long one feed call waits for packets
@@ -132,6 +133,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self.loop_errors = 0
         self._journal_overflow = 0
+        self._next_overflow_check = 0
 
     # ---- life cycle ----
 
@@ -293,10 +295,13 @@ class Daemon:
                 pair.offer(changes)
             if len(changes) < JOURNAL_DRAIN:
                 break
-        c = core.counters()
-        if c["journal_overflow"] != self._journal_overflow:
-            self._journal_overflow = c["journal_overflow"]
-            core.resend_scan()             # the ring was full: queue the marked states again
+        now = monotonic_ms()
+        if now >= self._next_overflow_check:    # counters() builds a dict: not every batch
+            self._next_overflow_check = now + OVERFLOW_CHECK_MS
+            overflow = core.counters()["journal_overflow"]
+            if overflow != self._journal_overflow:
+                self._journal_overflow = overflow
+                core.resend_scan()         # the ring was full: queue the marked states again
 
     def _replication_loop(self) -> None:
         pair = self.pair

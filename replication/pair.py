@@ -26,7 +26,9 @@ it every millisecond or when a datagram arrives). Names used:
   come back as a new one and bulk-sync).
 
 Counters (``counters``, next to the transport's): offered, submitted, dropped_no_standby,
-skipped_http, rx_ignored_active, bad_hello, bulk_requests_ignored, link_resets.
+skipped_http, rx_ignored_active, bad_hello, bulk_requests_ignored, link_resets, reannounced
+(gratuitous ARP again when the active hears a peer after silence, or wins a dual-active
+comparison: while we did not hear it, it may have been active and moved the hosts).
 """
 from __future__ import annotations
 
@@ -198,8 +200,11 @@ class Pair:
                 self.counters["bad_hello"] += 1
                 return
             self.detector.hello(FAILOVER)
+            new_peer = self.role.peer is None
             self.role.on_peer(state, rec.state, self.transport.codec.last_unit,
                               bool(rec.flags & F_YIELDING))
+            if new_peer and self.role.is_active and state is not RoleState.ACTIVE:
+                self._reannounce("peer heard again")
             return
         self._inbox.append((action, rec))
 
@@ -269,6 +274,18 @@ class Pair:
             tr.send(BULK_END, wire.BulkEnd(msg.request, self._bulk_tx_sent,
                                            wire.BULK_OK if msg.ok else wire.BULK_ABORTED), now)
 
+    def _reannounce(self, why: str) -> None:
+        """Gratuitous ARP again: a peer that was (or may have been) active while we did not
+        hear it may have moved the hosts to itself."""
+        if self.role.actions is None:
+            return
+        self.counters["reannounced"] += 1
+        LOG.info("pair announce again reason=%s", why.replace(" ", "_"))
+        try:
+            self.role.actions.announce()
+        except Exception as e:
+            LOG.error("pair announce failed: %s", e)
+
     def _on_bulk_event(self, event, reason: str) -> None:
         self.role.on_bulk(event, reason)
 
@@ -281,6 +298,8 @@ class Pair:
 
     def _on_role(self, t) -> None:
         if t.src is t.dst:
+            if t.dst is RoleState.ACTIVE and t.event.name == "NEGOTIATION_WON":
+                self._reannounce("dual active, won")
             return
         if t.dst is RoleState.ACTIVE:
             with self.lock:

@@ -146,3 +146,22 @@ def test_wrong_key_is_refused_and_nothing_imported(units):
     assert b.pair.wire_counters["bad_mac"] > 0 and a.pair.wire_counters["bad_mac"] > 0
     assert b.pair.role.peer is None and a.pair.role.peer is None
     assert ids(b.core) == set()
+
+
+def test_dual_active_ends_with_one_active_that_announces_again(units):
+    """Two units that could not hear each other are both active; when the link heals the
+    comparison keeps one (same priority: the lower unit id), which sends gratuitous ARP again;
+    the other releases (addresses first, then the core) and joins as a standby."""
+    a, b = units()
+    real_peer = b.pair.link.peer
+    b.pair.link.connect(("127.0.0.1", free_ports(1)[0]))       # b hears nobody, a neither
+    a.pair.start()
+    b.pair.start()
+    assert run([a, b], lambda: a.pair.role.is_active and b.pair.role.is_active, 2)
+    b.pair.link.connect(real_peer)
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY)
+    assert a.pair.role.is_active
+    assert a.steps.done == ["core_active", "add_addresses", "announce", "announce"]
+    assert b.steps.done == ["core_active", "add_addresses", "announce", "remove_addresses",
+                            "core_standby"]
+    assert a.pair.counters["reannounced"] == 1 and a.pair.role.counters["dual_active"] == 1
