@@ -53,6 +53,7 @@ from .topology import (DEFAULT_PREFIX, FW_A, FW_B, HOST, NAT_ADDR, SERVER, SERVE
                        Topology, lab)
 from dataplane.daemon import request
 
+from . import unit as unit_mod
 from .unit import socket_path, start_unit, wait_role
 
 HTTP_PORT = 8080
@@ -232,11 +233,12 @@ class FlowResult:
     note: str = ""
 
 
-def start_pair(topo: Topology, feed: str, log=print) -> dict:
-    """fw-a, then fw-b, as a pair; returns once fw-a is active and fw-b standby-ready."""
-    units = {FW_A: start_unit(topo, FW_A, feed=feed, log=log, failover=True)}
+def start_pair(topo: Topology, feed: str, log=print, **timers) -> dict:
+    """fw-a, then fw-b, as a pair; returns once fw-a is active and fw-b standby-ready.
+    `timers`: poll_ms, hold_ms (default: unit.POLL_MS, unit.HOLD_MS)."""
+    units = {FW_A: start_unit(topo, FW_A, feed=feed, log=log, failover=True, **timers)}
     wait_role(topo, FW_A, ("ACTIVE",))
-    units[FW_B] = start_unit(topo, FW_B, feed=feed, log=log, failover=True)
+    units[FW_B] = start_unit(topo, FW_B, feed=feed, log=log, failover=True, **timers)
     st = wait_role(topo, FW_B, ("STANDBY_READY",))
     bulk = st["failover"]["bulk_recv"]
     log(f"lab: fw-a ACTIVE, fw-b STANDBY_READY (bulk sync: {bulk['received']} states in "
@@ -260,9 +262,18 @@ def kill_active(topo: Topology, log=print) -> tuple[str, str, float]:
     if dead is None:
         raise RuntimeError("no unit answers as ACTIVE")
     survivor = next(u for u in UNITS if u != dead)
+    try:
+        peer = request(str(socket_path(topo, survivor)), "status", timeout=1.0).get("role")
+    except (OSError, ValueError):
+        peer = None
+    if peer != "STANDBY_READY":
+        log(f"lab: {survivor} is {peer or 'not running'}, not STANDBY_READY: nobody will take over")
     t0 = time.monotonic()
     build.power_cut([topo.ns(dead)], log=log)
     cut_ms = (time.monotonic() - t0) * 1000
+    if peer is None:
+        log(f"lab: killed {dead} (power cut in {cut_ms:.0f} ms); no unit left")
+        return dead, survivor, float("nan")
     wait_role(topo, survivor, ("ACTIVE",), timeout_s=10)
     took = (time.monotonic() - t0) * 1000
     log(f"lab: killed {dead} (power cut in {cut_ms:.0f} ms); {survivor} ACTIVE "
@@ -399,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="iperf3 TCP seconds (default: 20 with the kill, 10 without)")
     ap.add_argument("--kill-after", type=float, default=4.0,
                     help="seconds of traffic before the active unit is killed")
+    ap.add_argument("--poll-ms", type=int, default=unit_mod.POLL_MS, help="[failover] poll_ms")
+    ap.add_argument("--hold-ms", type=int, default=unit_mod.HOLD_MS, help="[failover] hold_ms")
     ap.add_argument("--no-failover", action="store_true",
                     help="fw-a alone, the four flows one after the other, no kill")
     ap.add_argument("--kill-active", action="store_true",
@@ -436,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_failover:
         try:
             sha = make_blob(rdir / "www" / BLOB, args.file_mb)
-            start_pair(topo, args.feed)
+            start_pair(topo, args.feed, poll_ms=args.poll_ms, hold_ms=args.hold_ms)
             start_servers(topo, rdir)
             results = failover_run(topo, rdir, sha, args.file_mb, args.tcp_seconds or 20,
                                    args.kill_after)

@@ -100,10 +100,12 @@ def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
                ready_s: float = 10.0, extra_config: str = "",
                ports: tuple[int, int] = (1024, 65535), batch: int | None = None,
                drain_us: int | None = None, failover: bool = False,
-               failover_extra: str = "") -> StartedUnit:
+               failover_extra: str = "", poll_ms: int = POLL_MS,
+               hold_ms: int = HOLD_MS) -> StartedUnit:
     """Start the natpair daemon of unit `name` in its namespace; return once it is ready.
     `extra_config`, `ports`, `batch` and `drain_us` go to its config (unit_config); with
-    `failover` it joins the pair (failover_config, plus `failover_extra` keys)."""
+    `failover` it joins the pair (failover_config with `poll_ms`/`hold_ms`, plus
+    `failover_extra` keys)."""
     if topo.node(name).role != "unit":
         raise ValueError(f"{name!r} is not a unit")
     rdir = run_dir(topo.prefix)
@@ -111,7 +113,7 @@ def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
     cfg = config_path(topo, name)
     if failover:
         extra_config = (extra_config + "\n" if extra_config else "") + failover_config(
-            topo, name, extra=failover_extra)
+            topo, name, poll_ms, hold_ms, extra=failover_extra)
     cfg.write_text(unit_config(topo, name, feed, extra_config, ports, batch=batch,
                                drain_us=drain_us))
     logf = rdir / f"{name}.log"
