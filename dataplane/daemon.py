@@ -44,6 +44,7 @@ from dataplane.config import Config, ConfigError
 SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
 JOURNAL_DRAIN = 1024       # journal changes per drain call
 REPLICATION_TICK_MS = 1    # the replication loop runs at least this often
+REPLICATION_RT_PRIORITY = 10   # SCHED_FIFO for the replication thread (when allowed)
 OVERFLOW_CHECK_MS = 100   # how often the journal's overflow counter is looked at
 GIL_SWITCH_S = 0.0005     # with [failover] (default 0.005)
 TAKEOVER_TCP_GRACE_MS = 3000   # after a takeover, TCP windows re-learn from the first segments
@@ -254,6 +255,8 @@ class Daemon:
             if self.pair.role.is_active and self.vips is not None:
                 self.vips.remove()          # a clean stop gives the addresses back
             self.pair.close()
+            if self.vips is not None:
+                self.vips.close()
             self.pair = None
 
     def _close_socket(self) -> None:
@@ -306,14 +309,23 @@ class Daemon:
     def _replication_loop(self) -> None:
         pair = self.pair
         fd = pair.fileno()
+        try:
+            # hellos are timed in ms on a machine whose cores iperf3 and the feed saturate
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REPLICATION_RT_PRIORITY))
+        except OSError as e:
+            log_event(logging.WARNING, "replication", realtime="refused", error=e)
         while not self.stopping.is_set():
             try:
                 select.select([fd], [], [], REPLICATION_TICK_MS / 1000)
                 pair.step()
-                if pair.role.is_active:
-                    with self.lock:         # changes of the sweep or of an idle feed
+                # changes of the sweep or of an idle feed; never wait for the core here: a
+                # busy feed thread drains it itself, and the hellos must not wait behind it
+                if pair.role.is_active and self.lock.acquire(blocking=False):
+                    try:
                         if self.core.journal_pending():
                             self._drain_journal(pair)
+                    finally:
+                        self.lock.release()
             except Exception as e:
                 self.loop_errors += 1
                 log_event(logging.ERROR, "error", where="replication", error=e)

@@ -5,8 +5,10 @@ and taken off (``remove``) its data legs with pyroute2, in the unit's own namesp
 daemon's threads live there), and announced with gratuitous ARP (``announce``): for each
 address an ARP request and an ARP reply with sender = target = the address, from the leg's
 MAC, to the broadcast address, built with scapy and sent on an AF_PACKET socket of the
-leg. Both idempotent: adding an address that is there, or removing one that is not, is
-no error. Counters: added, removed, garp_sent, garp_errors.
+leg, opened by ``prepare`` and kept until ``close``: closing a packet socket waits for an
+RCU grace period (synchronize_net, ~10 ms measured), which a takeover must not pay. Both
+idempotent: adding an address that is there, or removing one that is not, is no error.
+Counters: added, removed, garp_sent, garp_errors.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class VirtualAddresses:
         self.vips = list(vips)
         self.counters: collections.Counter[str] = collections.Counter()
         self._frames: dict[str, list[bytes]] | None = None
+        self._socks: dict[str, socket.socket] = {}
         if self.vips:
             import scapy.layers.l2  # noqa: F401  (scapy takes ~1 s to import: not at takeover)
 
@@ -89,20 +92,41 @@ class VirtualAddresses:
         return frames
 
     def prepare(self) -> None:
-        """Build the ARP frames now (scapy is slow the first time), not at the takeover."""
+        """Build the ARP frames and open the packet sockets now, not at the takeover."""
         self._frames = self._garp_frames()
+        for ifname in self._frames:
+            self._socket(ifname)
+
+    def _socket(self, ifname: str) -> socket.socket:
+        s = self._socks.get(ifname)
+        if s is None:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)   # protocol 0: receives nothing
+            try:
+                s.bind((ifname, 0))
+            except OSError:
+                s.close()
+                raise
+            self._socks[ifname] = s
+        return s
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
 
     def announce(self, rounds: int = GARP_COUNT) -> None:
         if self._frames is None:
             self._frames = self._garp_frames()
         for ifname, frames in self._frames.items():
             try:
-                with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-                    s.bind((ifname, 0))
-                    for _ in range(rounds):
-                        for f in frames:
-                            s.send(f)
-                            self.counters["garp_sent"] += 1
+                s = self._socket(ifname)
+                for _ in range(rounds):
+                    for f in frames:
+                        s.send(f)
+                        self.counters["garp_sent"] += 1
             except OSError:
                 self.counters["garp_errors"] += 1
+                old = self._socks.pop(ifname, None)      # the leg may have been recreated
+                if old is not None:
+                    old.close()
                 raise

@@ -23,7 +23,8 @@ it every millisecond or when a datagram arrives). Names used:
 - the standby imports: live INSERT/UPDATE/DELETE through ``BulkRequester.apply_live``
   (always, so a bulk in progress can see them), bulk records through ``on_message``.
 - a silent peer resets the link (a new epoch, nothing unacked kept for a peer that will
-  come back as a new one and bulk-sync).
+  come back as a new one and bulk-sync); a standby that sees the active's stream start
+  again (a new epoch) asks for a bulk sync, so nothing lost with the old epoch stays lost.
 
 Counters (``counters``, next to the transport's): offered, submitted, dropped_no_standby,
 skipped_http, rx_ignored_active, bad_hello, bulk_requests_ignored, link_resets, reannounced
@@ -149,7 +150,12 @@ class Pair:
     def step(self, now: int | None = None) -> None:
         now = self.clock() if now is None else now
         self._submit(now)
+        restarted = self.transport.counters["rx_peer_restarted"]
         self.link.pump(now)                     # receive (hellos act at once), then timers
+        if self.transport.counters["rx_peer_restarted"] != restarted:
+            # the active's stream started again (it restarted, or reset its link after a
+            # silence of ours): what it had not yet delivered is gone, a bulk sync fills it
+            self._on_resync()
         if self._inbox:
             self._import()
         for path in self.detector.hellos_due():
