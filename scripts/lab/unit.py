@@ -30,7 +30,7 @@ from .topology import (FAILOVER_LEG, FW_A, INSIDE_LEG, INSIDE_NET, NAT_ADDR, OUT
 
 FAILOVER_PORT = 7788
 PRIORITY = {FW_A: 110}          # the others: 100
-POLL_MS, HOLD_MS = 10, 50
+POLL_MS, HOLD_MS = 5, 20
 LEG_SIDE = {INSIDE_LEG: "inside", OUTSIDE_LEG: "outside"}
 
 REPO = Path(__file__).resolve().parents[2]
