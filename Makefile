@@ -7,7 +7,8 @@
 #   make fuzz        the libFuzzer target for FUZZ_SECONDS (default 300)
 #   make bench       scripts/bench_core.py
 #   make bench-unit  fw-a vs kernel forwarding and kernel NAT, in its own lab (as root)
-#   make lab         the namespace lab: build, start fw-a, traffic, report (as root)
+#   make lab         the namespace lab: build, start the pair, traffic, kill the active, report (as root)
+#   make kill-active power-cut the active unit of a running lab (as root)
 #   make lab-down    removes exactly what lab made (as root); LAB_PREFIX=np- for both
 #   make clean       build products (not .venv); distclean also removes .venv
 
@@ -42,7 +43,7 @@ FUZZ_CC := clang -g -O1 -fsanitize=fuzzer,address,undefined -Icext
 # UBSan only prints by default; make its findings stop the run like ASan's.
 FUZZ_ENV := UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
-.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down clean \
+.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down kill-active clean \
 	distclean
 
 # ---- deps -------------------------------------------------------------------
@@ -118,6 +119,9 @@ lab: build
 
 lab-down: $(STAMP)
 	$(VPY) -m scripts.lab.run --down --prefix '$(LAB_PREFIX)'
+
+kill-active: build
+	$(VPY) -m scripts.lab.run --kill-active --prefix '$(LAB_PREFIX)'
 
 # ---- clean ------------------------------------------------------------------
 

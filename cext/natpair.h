@@ -194,6 +194,9 @@ int np_core_add_static(struct np_core *c, const struct np_static *s);
 int np_core_add_rule(struct np_core *c, const struct np_rule *r);
 void np_core_clear_rules(struct np_core *c);
 void np_core_set_journal(struct np_core *c, int on);
+/* after a takeover: for `ms` from now, TCP segments outside the (replicated, slightly old)
+ * windows are accepted and re-teach them, as in loose mode (counted tcp_loose_accept) */
+void np_core_set_tcp_grace(struct np_core *c, uint32_t ms);
 
 int np_core_process(struct np_core *c, struct np_pkt *p);
 void np_core_process_batch(struct np_core *c, struct np_pkt *pkts, uint32_t n);

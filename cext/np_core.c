@@ -45,6 +45,7 @@ uint32_t np_core_state_count(struct np_core *c) { return c->nstates; }
 uint32_t np_core_mapping_count(struct np_core *c) { return c->nmaps; }
 size_t np_core_memory(struct np_core *c) { return c->mem; }
 void np_core_set_journal(struct np_core *c, int on) { c->journal_on = on != 0; }
+void np_core_set_tcp_grace(struct np_core *c, uint32_t ms) { c->tcp_grace_until_ms = c->now_ms + ms; }
 int np_core_add_static(struct np_core *c, const struct np_static *s) { return np_nat_add_static(c, s); }
 int np_core_add_rule(struct np_core *c, const struct np_rule *r) { return np_policy_add(c, r); }
 

@@ -258,6 +258,7 @@ struct np_core {
 
     struct np_journal journal;
     bool journal_on;
+    uint64_t tcp_grace_until_ms;   /* np_core_set_tcp_grace: loose TCP windows until then */
     bool resend_needed;
     uint32_t resend_cursor;
     uint32_t zombies;           /* states whose DELETE waits for room in the ring */

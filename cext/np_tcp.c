@@ -117,7 +117,8 @@ enum np_counter np_tcp_track(struct np_core *c, struct np_state *s, const struct
     uint8_t f = pp->tcp_flags;
     uint32_t seq = pp->seq, ack = pp->ack, win = pp->win;
     uint32_t sws = 0, dws = 0;
-    bool loose = (c->cfg.flags & NP_CFG_TCP_LOOSE) || (s->sflags & NP_SF_PICKUP);
+    bool loose = (c->cfg.flags & NP_CFG_TCP_LOOSE) || (s->sflags & NP_SF_PICKUP) ||
+                 c->now_ms < c->tcp_grace_until_ms;
 
     /* the event, so that a refused transition changes nothing */
     enum np_tcp_event ev = classify(pp, dir);

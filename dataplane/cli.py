@@ -63,7 +63,7 @@ def _ask(args) -> int:
     if args.json or args.command == "status":
         print(json.dumps(reply, indent=None if args.json else 2, sort_keys=True))
     else:
-        for group in ("core", "feed", "daemon"):
+        for group in ("core", "feed", "daemon", "replication"):
             for name, value in sorted(reply.get(group, {}).items()):
                 print(f"{group}.{name} {value}")
     return EXIT_OK if reply.get("ok") else EXIT_FAIL

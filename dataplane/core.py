@@ -277,6 +277,11 @@ class Core:
     def set_journal(self, on: bool) -> None:
         lib.np_core_set_journal(self._c, 1 if on else 0)
 
+    def set_tcp_grace(self, ms: int) -> None:
+        """For ``ms`` from the core's clock, accept TCP segments outside the windows and learn
+        from them (a takeover: the replicated windows may be a few packets old)."""
+        lib.np_core_set_tcp_grace(self._c, ms)
+
     # ---- packets ----
     def process(self, data: bytes, side: str | int = "inside", *, csum_notready: bool = False,
                 gso: bool = False) -> Verdict:

@@ -9,7 +9,14 @@ Owns the unit's life cycle and its threads. Names used:
   order that never forwards untranslated: feed thread stopped (packets then
   wait or are dropped: fail closed), sysctls restored (ip_forward first),
   rules removed, queue unbound, socket removed.
-- threads: the feed thread (``feed.run_once`` in a loop), the control thread
+- with ``[failover]``: a ``replication.pair.Pair`` (link, detector, role, bulk sync), the
+  journal on while the unit is active, drained by the feed thread between batches and
+  offered to the pair; the virtual addresses (``dataplane.vips``) taken at a takeover
+  (state first: the core's journal on, then the addresses, then gratuitous ARP) and given
+  back on release; a leftover of a crashed run is removed at start. A unit without
+  ``[failover]`` runs standalone, as before.
+- threads: the feed thread (``feed.run_once`` in a loop), the replication thread (with
+  ``[failover]``: ``Pair.step`` every millisecond and on every datagram), the control thread
   (a unix socket, one JSON request per connection: ``{"cmd": "counters"}``,
   ``{"cmd": "status"}``), and the main thread, which runs the 1 s sweep timer
   and waits for SIGTERM / SIGINT.
@@ -26,6 +33,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +42,12 @@ from dataplane import rules as kernel
 from dataplane.config import Config, ConfigError
 
 SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
+JOURNAL_DRAIN = 1024       # journal changes per drain call
+REPLICATION_TICK_MS = 1    # the replication loop runs at least this often
+REPLICATION_RT_PRIORITY = 10   # SCHED_FIFO for the replication thread (when allowed)
+OVERFLOW_CHECK_MS = 100   # how often the journal's overflow counter is looked at
+GIL_SWITCH_S = 0.0005     # with [failover] (default 0.005)
+TAKEOVER_TCP_GRACE_MS = 3000   # after a takeover, TCP windows re-learn from the first segments
 FEED_WAIT_MS = 50          # how long one feed call waits for packets
 LOG = logging.getLogger("natpair")
 
@@ -69,7 +83,9 @@ def build_core(cfg: Config):
     core = Core(max_states=cfg.core.max_states, creator_id=cfg.unit.creator_id,
                 pool=cfg.nat.pool, port_range=cfg.nat.ports, timeouts_ms=cfg.timeouts.as_ms(),
                 tcp_loose=cfg.core.tcp == "loose",
-                journal=False)          # nothing drains it until replication lands
+                journal=cfg.failover is not None)   # only a pair's active drains it
+    if cfg.failover is not None:
+        core.set_journal(False)         # until the role says active
     loc = Locator(Path(cfg.path).read_text()) if os.path.exists(cfg.path) else Locator("")
     for i, s in enumerate(cfg.nat.static):
         try:
@@ -104,7 +120,9 @@ class Daemon:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.name = cfg.unit.name
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()      # RLock: a role action may run inside a core call
+        self.pair = None
+        self.vips = None
         self.stopping = threading.Event()
         self.core = None
         self.feed = None
@@ -115,6 +133,8 @@ class Daemon:
         self._sock: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self.loop_errors = 0
+        self._journal_overflow = 0
+        self._next_overflow_check = 0
 
     # ---- life cycle ----
 
@@ -137,13 +157,20 @@ class Daemon:
             kernel.install_rules(self.legs, cfg.feed.queue, cfg.feed.queue_bypass)
             self._rules_on = True
             nat_addresses = list(cfg.nat.pool) + [s.outside for s in cfg.nat.static]
-            self.sysctls.apply(kernel.wanted_sysctls(self.legs, nat_addresses))
+            vip_addresses = [v.address.split("/")[0] for v in cfg.failover.vips] if cfg.failover else []
+            self.sysctls.apply(kernel.wanted_sysctls(self.legs, nat_addresses, vip_addresses))
+            if cfg.failover is not None:
+                self._start_pair()
             self._sock = _bind_control(sock_path)
         except BaseException:
             self._teardown()
             raise
         self.started = time.monotonic()
-        for target, name in ((self._feed_loop, "feed"), (self._control_loop, "control")):
+        loops = [(self._feed_loop, "feed"), (self._control_loop, "control")]
+        if self.pair is not None:
+            loops.insert(1, (self._replication_loop, "replication"))
+            self.pair.start()
+        for target, name in loops:
             t = threading.Thread(target=target, name=f"natpair-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -188,7 +215,7 @@ class Daemon:
         steps = [("sysctls", self.sysctls.restore)]
         if self._rules_on:
             steps.append(("rules", kernel.remove_rules))
-        steps += [("feed", self._close_feed), ("socket", self._close_socket)]
+        steps += [("feed", self._close_feed), ("pair", self._close_pair), ("socket", self._close_socket)]
         for what, step in steps:
             try:
                 step()
@@ -204,6 +231,34 @@ class Daemon:
             self.feed.close()
             self.feed = None
 
+    def _start_pair(self) -> None:
+        from dataplane.vips import VirtualAddresses
+        from replication.pair import Pair
+
+        fo = self.cfg.failover
+        # the replication thread must not wait a whole 5 ms GIL slice behind the feed
+        # thread's Python between batches: hellos and the takeover are timed in ms
+        sys.setswitchinterval(GIL_SWITCH_S)
+        legs = {"inside": self.cfg.interfaces.inside, "outside": self.cfg.interfaces.outside}
+        self.vips = VirtualAddresses([(legs[v.leg], v.address) for v in fo.vips])
+        self.vips.remove()                  # a crashed run's, or the lab's: not ours until active
+        self.vips.prepare()
+        self.pair = Pair(self.core, self.lock, unit_id=self.cfg.unit.creator_id, key=fo.key,
+                         local=fo.local, peer=fo.peer, priority=fo.priority, poll_ms=fo.poll_ms,
+                         hold_ms=fo.hold_ms, preempt=fo.preempt,
+                         http_replication=fo.http_replication, actions=_PairActions(self),
+                         name=self.name)
+
+    def _close_pair(self) -> None:
+        if self.pair is not None:
+            self._last_pair_status = self.pair.status()
+            if self.pair.role.is_active and self.vips is not None:
+                self.vips.remove()          # a clean stop gives the addresses back
+            self.pair.close()
+            if self.vips is not None:
+                self.vips.close()
+            self.pair = None
+
     def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close()
@@ -213,7 +268,7 @@ class Daemon:
     # ---- threads ----
 
     def _feed_loop(self) -> None:
-        feed, batch = self.feed, self.cfg.feed.batch
+        feed, batch, pair = self.feed, self.cfg.feed.batch, self.pair
         fileno = getattr(feed, "fileno", None)
         while not self.stopping.is_set():
             try:
@@ -227,10 +282,54 @@ class Daemon:
                 with self.lock:
                     self.core.set_clock(monotonic_ms())
                     feed.run_once(batch, wait)
+                    if pair is not None:
+                        self._drain_journal(pair)
             except Exception as e:
                 self.loop_errors += 1
                 log_event(logging.ERROR, "error", where="feed", error=e)
                 time.sleep(0.1)
+
+    def _drain_journal(self, pair) -> None:
+        """Between batches, with the core held: every journal change to the pair."""
+        core = self.core
+        for _ in range(64):
+            changes = core.drain(JOURNAL_DRAIN)
+            if changes:
+                pair.offer(changes)
+            if len(changes) < JOURNAL_DRAIN:
+                break
+        now = monotonic_ms()
+        if now >= self._next_overflow_check:    # counters() builds a dict: not every batch
+            self._next_overflow_check = now + OVERFLOW_CHECK_MS
+            overflow = core.counters()["journal_overflow"]
+            if overflow != self._journal_overflow:
+                self._journal_overflow = overflow
+                core.resend_scan()         # the ring was full: queue the marked states again
+
+    def _replication_loop(self) -> None:
+        pair = self.pair
+        fd = pair.fileno()
+        try:
+            # hellos are timed in ms on a machine whose cores iperf3 and the feed saturate
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REPLICATION_RT_PRIORITY))
+        except OSError as e:
+            log_event(logging.WARNING, "replication", realtime="refused", error=e)
+        while not self.stopping.is_set():
+            try:
+                select.select([fd], [], [], REPLICATION_TICK_MS / 1000)
+                pair.step()
+                # changes of the sweep or of an idle feed; never wait for the core here: a
+                # busy feed thread drains it itself, and the hellos must not wait behind it
+                if pair.role.is_active and self.lock.acquire(blocking=False):
+                    try:
+                        if self.core.journal_pending():
+                            self._drain_journal(pair)
+                    finally:
+                        self.lock.release()
+            except Exception as e:
+                self.loop_errors += 1
+                log_event(logging.ERROR, "error", where="replication", error=e)
+                time.sleep(0.01)
 
     def _control_loop(self) -> None:
         sock = self._sock
@@ -269,16 +368,61 @@ class Daemon:
             with self.lock:
                 core = self.core.counters()
                 feed = self.feed_counters()
-            return {"ok": True, "name": self.name, "core": core, "feed": feed,
-                    "daemon": {"loop_errors": self.loop_errors}}
+            reply = {"ok": True, "name": self.name, "core": core, "feed": feed,
+                     "daemon": {"loop_errors": self.loop_errors}}
+            if self.pair is not None:
+                reply["replication"] = self.pair.replication_counters()
+            return reply
         if cmd == "status":
             with self.lock:
                 states, mappings = self.core.state_count, self.core.mapping_count
-            return {"ok": True, "name": self.name, "creator_id": self.cfg.unit.creator_id,
+            status = {"ok": True, "name": self.name, "creator_id": self.cfg.unit.creator_id,
                     "uptime_s": round(time.monotonic() - self.started, 3), "states": states,
                     "mappings": mappings, "feed": self.cfg.feed.kind, "queue": self.cfg.feed.queue,
-                    "pid": os.getpid()}
+                    "pid": os.getpid(), "role": "standalone" if self.pair is None else None}
+            if self.pair is not None:
+                st = self.pair.status()
+                status.update(role=st["role"], peer=st["peer"], failover=st,
+                              vips=[c for _, c in self.vips.vips] if self.pair.role.is_active else [])
+            return status
         return {"ok": False, "error": f"unknown cmd {cmd!r} (known: counters, status)"}
+
+
+class _PairActions:
+    """The role's takeover and release steps for this daemon (replication.role.Actions)."""
+
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+
+    def core_active(self) -> None:
+        with self.d.lock:
+            self.d.core.set_clock(monotonic_ms())
+            self.d.core.set_journal(True)
+            # the replicated windows lag the dead unit's by what it forwarded after its
+            # last journal drain: accept and re-learn for a moment (conntrackd marks its
+            # committed entries "be liberal" for the same reason)
+            self.d.core.set_tcp_grace(TAKEOVER_TCP_GRACE_MS)
+        log_event(logging.WARNING, "takeover", step="core_active", states=self.d.core.state_count)
+
+    def add_addresses(self) -> None:
+        self.d.vips.add()
+        log_event(logging.WARNING, "takeover", step="add_addresses",
+                  vips=",".join(c for _, c in self.d.vips.vips))
+
+    def announce(self) -> None:
+        self.d.vips.announce()
+        log_event(logging.WARNING, "takeover", step="announce", garp=self.d.vips.counters["garp_sent"])
+
+    def remove_addresses(self) -> None:
+        self.d.vips.remove()
+        log_event(logging.WARNING, "release", step="remove_addresses")
+
+    def core_standby(self) -> None:
+        with self.d.lock:
+            self.d.core.set_journal(False)
+            while self.d.core.drain(JOURNAL_DRAIN):
+                pass
+        log_event(logging.WARNING, "release", step="core_standby")
 
 
 def _read_request(conn: socket.socket) -> dict:

@@ -134,17 +134,19 @@ def remove_rules() -> bool:
 
 # ---- sysctls ----
 
-def wanted_sysctls(legs: Legs, nat_addresses: list[str]) -> dict[str, str]:
+def wanted_sysctls(legs: Legs, nat_addresses: list[str],
+                   virtual_addresses: list[str] = ()) -> dict[str, str]:
     """What the unit needs, as /proc/sys paths relative to /proc/sys.
 
     rp_filter off (all and both legs; the kernel uses the max of all and the
     leg): a source-translated packet arrives on the inside leg with a source
     that routes out of the outside leg. accept_local on both legs when a NAT
     address is one of the unit's own: the translated packet then carries a
-    local source, which the kernel otherwise drops as a martian.
+    local source, which the kernel otherwise drops as a martian. A pair's virtual
+    addresses count as the unit's own: a standby holds them after a takeover.
     """
     want = {"net/ipv4/ip_forward": "1", "net/ipv4/conf/all/rp_filter": "0"}
-    local = any(a in legs.local_addresses for a in nat_addresses)
+    local = any(a in legs.local_addresses or a in virtual_addresses for a in nat_addresses)
     for leg in (legs.inside, legs.outside):
         want[f"net/ipv4/conf/{leg}/rp_filter"] = "0"
         if local:

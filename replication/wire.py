@@ -47,6 +47,9 @@ stream seq the sender has sent, so a receiver learns of a lost tail), ACK (ack a
 epoch are valid). Actions and their records (sizes in bytes):
 
   INSERT, UPDATE  state (104): every field of dataplane.core.StateRecord
+  BULK_STATE      state (104): a state of a bulk sync, kept apart from the live INSERT and
+                  UPDATE (bulk.py needs to tell them apart); it belongs to the request of
+                  the last BULK_START before it in the stream
   DELETE          delete (16): id, creator
   BULK_START      bulk_start (8): request id, states in the table
   BULK_END        bulk_end (12): request id, states sent, status
@@ -94,7 +97,8 @@ BULK_END = 5
 UPDATE_REQUEST = 6
 HELLO = 7
 ACK = 8
-ACTION_NAMES = {INSERT: "INSERT", UPDATE: "UPDATE", DELETE: "DELETE", BULK_START: "BULK_START",
+BULK_STATE = 9
+ACTION_NAMES = {BULK_STATE: "BULK_STATE", INSERT: "INSERT", UPDATE: "UPDATE", DELETE: "DELETE", BULK_START: "BULK_START",
                 BULK_END: "BULK_END", UPDATE_REQUEST: "UPDATE_REQUEST", HELLO: "HELLO", ACK: "ACK"}
 
 # ACK record kinds
@@ -238,6 +242,7 @@ class _Rec(NamedTuple):
 RECORDS: dict[int, _Rec] = {
     INSERT: _Rec(STATE.size, _pack_state, _unpack_state),
     UPDATE: _Rec(STATE.size, _pack_state, _unpack_state),
+    BULK_STATE: _Rec(STATE.size, _pack_state, _unpack_state),
     DELETE: _Rec(DELETE_REC.size, lambda r: DELETE_REC.pack(r.id, r.creator, 0), _unpack_delete),
     BULK_START: _Rec(BULK_START_REC.size, lambda r: BULK_START_REC.pack(r.request, r.total),
                      lambda b, o: BulkStart(*BULK_START_REC.unpack_from(b, o))),

@@ -275,3 +275,103 @@ def test_feed_drain_us(tmp_path):
     for bad in ("drain_us = -1", f"drain_us = {config.DRAIN_US_MAX + 1}"):
         e = refused(tmp_path, insert_after(GOOD, L_BATCH, bad))
         assert e.key == "feed.drain_us" and e.line == L_BATCH + 1
+
+
+# ---- [failover] -------------------------------------------------------------------------
+
+KEY_HEX = "ab" * 32
+FAILOVER = textwrap.dedent(f"""\
+
+    [failover]
+    interface = "fo0"
+    local = "198.18.255.1:7788"
+    peer = "198.18.255.2:7788"
+    key = "{KEY_HEX}"
+    priority = 120
+    poll_ms = 10
+    hold_ms = 60
+    preempt = true
+
+    [[failover.vip]]
+    leg = "inside"
+    address = "198.18.1.1/24"
+
+    [[failover.vip]]
+    leg = "outside"
+    address = "198.19.1.1/24"
+    """)
+F = GOOD.count("\n") + 1                  # the blank line before [failover]
+L_FO, L_FO_IF, L_FO_LOCAL, L_FO_PEER, L_FO_KEY, L_FO_PRIO, L_FO_POLL, L_FO_HOLD = (
+    F + 1, F + 2, F + 3, F + 4, F + 5, F + 6, F + 7, F + 8)
+L_VIP0, L_VIP0_LEG, L_VIP1_ADDR = F + 11, F + 12, F + 17
+
+
+def test_failover_is_optional():
+    assert config.loads(GOOD).failover is None
+
+
+def test_failover_loads(tmp_path):
+    text = GOOD + FAILOVER
+    assert text.splitlines()[L_FO - 1] == "[failover]"
+    assert text.splitlines()[L_FO_HOLD - 1].startswith("hold_ms")
+    assert text.splitlines()[L_VIP1_ADDR - 1].startswith("address")
+    fo = config.load(write(tmp_path, text)).failover
+    assert fo == config.Failover("fo0", ("198.18.255.1", 7788), ("198.18.255.2", 7788),
+                                 bytes.fromhex(KEY_HEX), 120, 10, 60, True, False,
+                                 (config.Vip("inside", "198.18.1.1/24"),
+                                  config.Vip("outside", "198.19.1.1/24")))
+    assert KEY_HEX not in repr(fo)                 # the key never shows in a log line
+
+
+def test_failover_defaults_and_key_file(tmp_path):
+    (tmp_path / "raw.key").write_bytes(bytes(range(40)))
+    (tmp_path / "hex.key").write_text(KEY_HEX + "\n")
+    for name, key in (("raw.key", bytes(range(40))), ("hex.key", bytes.fromhex(KEY_HEX))):
+        text = GOOD + (f'\n[failover]\ninterface = "fo0"\nlocal = "198.18.255.1"\n'
+                       f'peer = "198.18.255.2"\nkey_file = "{name}"\n')
+        fo = config.load(write(tmp_path, text)).failover
+        assert fo.key == key
+        assert (fo.local, fo.peer) == (("198.18.255.1", config.FAILOVER_PORT),
+                                       ("198.18.255.2", config.FAILOVER_PORT))
+        assert (fo.priority, fo.poll_ms, fo.hold_ms, fo.preempt, fo.http_replication, fo.vips) == (
+            100, config.FAILOVER_POLL_MS, config.FAILOVER_HOLD_MS, False, False, ())
+
+
+BAD_FAILOVER = [
+    ("hold below 3x poll", lambda t: replace_line(t, L_FO_HOLD, "hold_ms = 29"), L_FO_HOLD,
+     "failover.hold_ms", "less than 3 x poll_ms"),
+    ("poll zero", lambda t: replace_line(t, L_FO_POLL, "poll_ms = 0"), L_FO_POLL,
+     "failover.poll_ms", "at least 1"),
+    ("short key", lambda t: replace_line(t, L_FO_KEY, 'key = "abcd"'), L_FO_KEY, "failover.key",
+     "2 bytes, at least 32"),
+    ("key not hex", lambda t: replace_line(t, L_FO_KEY, 'key = "secret"'), L_FO_KEY, "failover.key",
+     "hex digits"),
+    ("no key", lambda t: replace_line(t, L_FO_KEY, "# no key"), L_FO, "failover",
+     "exactly one of key"),
+    ("missing key file", lambda t: replace_line(t, L_FO_KEY, 'key_file = "/nonexistent/k"'),
+     L_FO_KEY, "failover.key_file", "cannot read"),
+    ("bad peer port", lambda t: replace_line(t, L_FO_PEER, 'peer = "198.18.255.2:99999"'),
+     L_FO_PEER, "failover.peer", "port must be"),
+    ("bad local address", lambda t: replace_line(t, L_FO_LOCAL, 'local = "198.18.255.300:1"'),
+     L_FO_LOCAL, "failover.local", "bad IPv4 address"),
+    ("failover on a data leg", lambda t: replace_line(t, L_FO_IF, 'interface = "in0"'), L_FO_IF,
+     "failover.interface", "is a data leg"),
+    ("priority", lambda t: replace_line(t, L_FO_PRIO, "priority = 300"), L_FO_PRIO,
+     "failover.priority", "must be in 0..255"),
+    ("vip leg", lambda t: replace_line(t, L_VIP0_LEG, 'leg = "dmz"'), L_VIP0_LEG,
+     "failover.vip[0].leg", "must be one of 'inside', 'outside'"),
+    ("vip without prefix", lambda t: replace_line(t, L_VIP1_ADDR, 'address = "198.19.1.1"'),
+     L_VIP1_ADDR, "failover.vip[1].address", "needs its prefix length"),
+    ("vip twice", lambda t: replace_line(t, L_VIP1_ADDR, 'address = "198.18.1.1/24"'),
+     L_VIP1_ADDR, "failover.vip[1].address", "listed twice"),
+    ("unknown key", lambda t: insert_after(t, L_FO_IF, "mode = 1"), L_FO_IF + 1, "failover.mode",
+     "unknown key"),
+]
+
+
+@pytest.mark.parametrize("edit,line,key,problem", [b[1:] for b in BAD_FAILOVER],
+                         ids=[b[0] for b in BAD_FAILOVER])
+def test_bad_failover_names_file_line_and_key(tmp_path, edit, line, key, problem):
+    e = refused(tmp_path, edit(GOOD + FAILOVER))
+    assert (e.line, e.key) == (line, key), str(e)
+    assert problem in e.problem, str(e)

@@ -752,3 +752,20 @@ def test_counters_named_and_consistent():
     f.c2s("SF", 1, 1)
     assert_consistent(core)
     assert "drop_tcp_window" in COUNTER_NAMES and "state_reused" in COUNTER_NAMES
+
+
+def test_takeover_grace_accepts_and_relearns_out_of_window_segments():
+    """After a takeover the replicated windows may be a few packets old: for the grace
+    period a segment beyond them passes (tcp_loose_accept, and they learn from it); then strict."""
+    core = Core(pool=[POOL_1])
+    core.set_clock(1000)
+    from tests.packets import tcp, tcp_handshake
+    tcp_handshake(core, IN_A, SRV_1, 40000, 80)
+    far = tcp(IN_A, SRV_1, 40000, 80, "A", seq=1001 + 10_000_000, ack=5001, payload=b"x" * 100)
+    assert core.process(far, "inside").reason == "drop_tcp_window"
+    core.set_tcp_grace(500)
+    v = core.process(far, "inside")
+    assert v.accepted and core.counters()["tcp_loose_accept"] == 1
+    core.set_clock(1600)                         # grace over: strict again
+    far2 = tcp(IN_A, SRV_1, 40000, 80, "A", seq=1001 + 30_000_000, ack=5001, payload=b"z")
+    assert core.process(far2, "inside").reason == "drop_tcp_window"

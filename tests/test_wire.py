@@ -20,7 +20,7 @@ from scapy.packet import Packet
 from dataplane.core import Key, Peer, StateRecord, ip_str
 from replication import wire
 from replication.replay import ReplayWindow
-from replication.wire import (ACK, BULK_END, BULK_START, DELETE, F_ACK, F_RELIABLE, HELLO, INSERT,
+from replication.wire import (ACK, BULK_END, BULK_STATE, BULK_START, DELETE, F_ACK, F_RELIABLE, HELLO, INSERT,
                               UPDATE, UPDATE_REQUEST, AckRange, BulkEnd, BulkStart, Codec, Delete,
                               Hello, Message, UpdateRequest)
 
@@ -87,9 +87,9 @@ class NpAck(_Rec):
 
 
 ACTIONS = {1: "INSERT", 2: "UPDATE", 3: "DELETE", 4: "BULK_START", 5: "BULK_END",
-           6: "UPDATE_REQUEST", 7: "HELLO", 8: "ACK"}
+           6: "UPDATE_REQUEST", 7: "HELLO", 8: "ACK", 9: "BULK_STATE"}
 LAYER = {1: NpState, 2: NpState, 3: NpDelete, 4: NpBulkStart, 5: NpBulkEnd, 6: NpUpdateRequest,
-         7: NpHello, 8: NpAck}
+         7: NpHello, 8: NpAck, 9: NpState}
 
 
 def _records_of(actions, layer):
@@ -101,7 +101,7 @@ class NpSection(_Rec):
     name = "natpair section"
     fields_desc = [ByteEnumField("action", 0, ACTIONS), ByteField("reserved", 0),
                    ShortField("count", 0), ShortField("rec_size", 0), ShortField("reserved2", 0),
-                   _records_of((1, 2), NpState), _records_of((3,), NpDelete),
+                   _records_of((1, 2, 9), NpState), _records_of((3,), NpDelete),
                    _records_of((4,), NpBulkStart), _records_of((5,), NpBulkEnd),
                    _records_of((6,), NpUpdateRequest), _records_of((7,), NpHello),
                    _records_of((8,), NpAck)]
@@ -124,7 +124,7 @@ class NpSync(Packet):
 
 
 def scapy_record(action, r):
-    if action in (INSERT, UPDATE):
+    if action in (INSERT, UPDATE, BULK_STATE):
         return NpState(id=r.id, creator=r.creator, proto=r.proto, tcp_state=r.tcp_state,
                        flags=r.flags,
                        keys=[NpKey(src=ip_str(k.src), dst=ip_str(k.dst), sport=k.sport,
@@ -165,7 +165,7 @@ def every_action(seq: int = 7) -> Message:
     return Message(
         unit=1, epoch=0x0123456789ABCDEF, xmit=42, seq=seq, ack=0xFFFFFFFE,
         peer_epoch=0xFEDCBA9876543210, flags=F_RELIABLE | F_ACK,
-        sections=((INSERT, (state(1), state(2))), (UPDATE, (state(3),)),
+        sections=((INSERT, (state(1), state(2))), (UPDATE, (state(3),)), (BULK_STATE, (state(4),)),
                   (DELETE, (Delete(0xAABBCCDD, 2**64 - 1), Delete(1, 2))),
                   (BULK_START, (BulkStart(9, 100_000),)), (BULK_END, (BulkEnd(9, 99_999, 1),)),
                   (UPDATE_REQUEST, (UpdateRequest(), UpdateRequest(2, 77, 3))),
@@ -186,7 +186,7 @@ def test_struct_sizes_match_the_c_record():
     assert wire.HEADER.size == 48 and wire.SECTION.size == 8
     assert {a: r.size for a, r in wire.RECORDS.items()} == {
         INSERT: 104, UPDATE: 104, DELETE: 16, BULK_START: 8, BULK_END: 12, UPDATE_REQUEST: 16,
-        HELLO: 20, ACK: 12}
+        HELLO: 20, ACK: 12, BULK_STATE: 104}
 
 
 def test_scapy_decodes_what_the_codec_encodes():
@@ -203,7 +203,7 @@ def test_scapy_decodes_what_the_codec_encodes():
         assert sec.action == action and sec.count == len(recs)
         assert sec.rec_size == wire.RECORDS[action].size
         for got, want in zip(sec.records, recs):
-            if action in (INSERT, UPDATE):
+            if action in (INSERT, UPDATE, BULK_STATE):
                 assert (got.id, got.creator, got.proto, got.tcp_state, got.flags) == (
                     want.id, want.creator, want.proto, want.tcp_state, want.flags)
                 for gk, wk in zip(got.keys, want.keys):
@@ -285,8 +285,8 @@ def bad_datagrams(good: bytes) -> dict[str, bytes]:
         "bad_header": _patch(good, 5, "!B", 0x80),
         "bad_header ": _patch(good, 46, "!H", 1),
         "own_unit": _patch(good, 8, "!I", 2),
-        "bad_section_count": _patch(good, 44, "!H", 9),
-        "bad_section_count ": _patch(good, 44, "!H", 7),
+        "bad_section_count": _patch(good, 44, "!H", len(every_action().sections) + 1),
+        "bad_section_count ": _patch(good, 44, "!H", len(every_action().sections) - 1),
         "unknown_action": _patch(good, sec, "!B", 99),
         "unknown_action ": _patch(good, sec, "!B", 0),
         "bad_record_size": _patch(good, sec + 4, "!H", 100),

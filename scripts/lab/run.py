@@ -1,6 +1,26 @@
-"""`sudo make lab`: take down a previous lab, build the lab (topology.py), start fw-a
-(unit.start_unit), push traffic from in-host to out-srv through it, print what each flow saw,
-and leave the lab up to be looked at. `sudo make lab-down` (`--down`) removes it.
+"""`sudo make lab`: take down a previous lab, build the lab (topology.py), start fw-a and fw-b
+as a pair (unit.start_unit with [failover]: fw-a active, fw-b standby), wait until fw-b is
+standby-ready, push traffic from in-host to out-srv through the pair, kill the active unit like
+a power cut in the middle (build.power_cut: SIGSTOP, SIGKILL, links down, namespace deleted),
+and print what each flow saw: survived or not, the gap in ms, packets lost, the outside NAT port
+before and after. The lab stays up to be looked at (the survivor active, alone).
+`sudo make lab-down` (`--down`) removes it; `sudo make kill-active` (`--kill-active`) kills the
+active unit of a running lab and reports how long the other took to be active.
+
+Flows during the kill (all at once, from in-host (198.18.1.10) to out-srv (198.19.1.10)):
+
+    tcp      iperf3 TCP, one stream, --tcp-seconds (20), intervals of 100 ms: gap = the
+             longest run of empty intervals (100 ms resolution), retransmits
+    curl     a generated file over HTTP at a limited rate so that it spans the kill,
+             sha256 of what arrived == sha256 of what was served
+    udp      a sequenced UDP stream at 1000 packets/s (scripts/lab/stream.py): gap at the
+             receiver, lost = sent - received, source port seen by out-srv before and after
+    tcp-seq  the same stream over one TCP connection: gap at the receiver, reset or not,
+             the source port (one connection: it can only survive with the same one)
+    ping     echo every 10 ms: gap = the longest run of missing replies x 10 ms, lost
+
+The standalone traffic check (before the failover issue) is `--no-failover`: fw-a alone, then
+ping, curl, iperf3 TCP and UDP one after the other.
 
 Flows, each bounded in time, all from in-host (198.18.1.10) to out-srv (198.19.1.10):
 
@@ -13,7 +33,6 @@ Flows, each bounded in time, all from in-host (198.18.1.10) to out-srv (198.19.1
 A flow fails when it does not complete, when a byte differs, or when UDP loses more than
 UDP_MAX_LOSS_PCT. The exit status is 1 if any flow failed.
 
-fw-b is built but not started: it joins with the failover issue, which also adds the kill.
 The prefix is --prefix, else $LAB_PREFIX, else "np-".
 """
 from __future__ import annotations
@@ -30,9 +49,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import build, nsexec
-from .topology import (DEFAULT_PREFIX, FW_A, HOST, NAT_ADDR, SERVER, SERVER_ADDR, Topology,
-                       lab)
-from .unit import start_unit
+from .topology import (DEFAULT_PREFIX, FW_A, FW_B, HOST, NAT_ADDR, SERVER, SERVER_ADDR, UNITS,
+                       Topology, lab)
+from dataplane.daemon import request
+
+from . import unit as unit_mod
+from .unit import socket_path, start_unit, wait_role
 
 HTTP_PORT = 8080
 IPERF_PORT = 5201
@@ -194,12 +216,206 @@ def report(results: list[Result], unit_kind: str) -> str:
     return "\n".join(lines)
 
 
+# ---- the failover run ------------------------------------------------------------------------
+
+STREAM_UDP_PORT, STREAM_TCP_PORT = 9000, 9001
+STREAM_PPS = 1000
+PING_INTERVAL_S = 0.01
+
+
+@dataclass
+class FlowResult:
+    flow: str
+    survived: bool
+    gap_ms: str
+    lost: str
+    port: str
+    note: str = ""
+
+
+def start_pair(topo: Topology, feed: str, log=print, **timers) -> dict:
+    """fw-a, then fw-b, as a pair; returns once fw-a is active and fw-b standby-ready.
+    `timers`: poll_ms, hold_ms (default: unit.POLL_MS, unit.HOLD_MS)."""
+    units = {FW_A: start_unit(topo, FW_A, feed=feed, log=log, failover=True, **timers)}
+    wait_role(topo, FW_A, ("ACTIVE",))
+    units[FW_B] = start_unit(topo, FW_B, feed=feed, log=log, failover=True, **timers)
+    st = wait_role(topo, FW_B, ("STANDBY_READY",))
+    bulk = st["failover"]["bulk_recv"]
+    log(f"lab: fw-a ACTIVE, fw-b STANDBY_READY (bulk sync: {bulk['received']} states in "
+        f"{bulk['elapsed_ms']} ms)")
+    return units
+
+
+def active_unit(topo: Topology) -> str | None:
+    for name in UNITS:
+        try:
+            if request(str(socket_path(topo, name)), "status", timeout=1.0).get("role") == "ACTIVE":
+                return name
+        except (OSError, ValueError):
+            pass
+    return None
+
+
+def kill_active(topo: Topology, log=print) -> tuple[str, str, float]:
+    """Power-cut the active unit; (dead, survivor, ms until the survivor said ACTIVE)."""
+    dead = active_unit(topo)
+    if dead is None:
+        raise RuntimeError("no unit answers as ACTIVE")
+    survivor = next(u for u in UNITS if u != dead)
+    try:
+        peer = request(str(socket_path(topo, survivor)), "status", timeout=1.0).get("role")
+    except (OSError, ValueError):
+        peer = None
+    if peer != "STANDBY_READY":
+        log(f"lab: {survivor} is {peer or 'not running'}, not STANDBY_READY: nobody will take over")
+    t0 = time.monotonic()
+    build.power_cut([topo.ns(dead)], log=log)
+    cut_ms = (time.monotonic() - t0) * 1000
+    if peer is None:
+        log(f"lab: killed {dead} (power cut in {cut_ms:.0f} ms); no unit left")
+        return dead, survivor, float("nan")
+    wait_role(topo, survivor, ("ACTIVE",), timeout_s=10)
+    took = (time.monotonic() - t0) * 1000
+    log(f"lab: killed {dead} (power cut in {cut_ms:.0f} ms); {survivor} ACTIVE "
+        f"{took:.0f} ms after the cut began (polled every 50 ms)")
+    return dead, survivor, took
+
+
+def _stream_argv(mode: str, proto: str, port: int, seconds: float) -> list[str]:
+    argv = [sys.executable, "-m", "scripts.lab.stream", mode, "--proto", proto, "--port", str(port),
+            "--seconds", str(seconds)]
+    if mode == "sink":
+        return argv + ["--bind", SERVER_ADDR]
+    return argv + ["--to", SERVER_ADDR, "--pps", str(STREAM_PPS)]
+
+
+def _popen(ns: str, argv: list[str]) -> subprocess.Popen:
+    return nsexec.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _json_tail(text: str) -> dict:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return {}
+
+
+def _stream_result(flow: str, sink: subprocess.Popen, sender: subprocess.Popen) -> FlowResult:
+    s_out, s_err = sender.communicate(timeout=60)
+    k_out, k_err = sink.communicate(timeout=60)
+    snt, got = _json_tail(s_out), _json_tail(k_out)
+    if not snt or not got:
+        return FlowResult(flow, False, "-", "-", "-", (s_err + k_err).strip()[-120:])
+    lost = snt["sent"] - got["received"]
+    ports = got["ports"]
+    same = got["distinct_ports"] == 1
+    survived = not snt["error"] and not got["reset"] and same and got["received"] > 0
+    port = f"{ports[0]} -> {ports[-1]}" if ports else "-"
+    note = ", ".join(x for x in (snt["error"] and f"sender: {snt['error']}",
+                                 got["reset"] and "reset", not same and "NAT port changed") if x)
+    return FlowResult(flow, survived, f"{got['max_gap_ms']}", str(lost), port, note)
+
+
+def _iperf_result(p: subprocess.Popen) -> FlowResult:
+    out, err = p.communicate(timeout=120)
+    try:
+        d = json.loads(out)
+    except ValueError:
+        return FlowResult("tcp", False, "-", "-", "-", (err or out).strip()[-120:])
+    if "error" in d:
+        return FlowResult("tcp", False, "-", "-", "-", f"iperf3: {d['error']}")
+    empty = run = 0
+    for iv in d["intervals"]:
+        run = run + 1 if iv["sum"]["bytes"] == 0 else 0
+        empty = max(empty, run)
+    rx = d["end"]["sum_received"]["bits_per_second"]
+    retr = d["end"]["sum_sent"].get("retransmits", 0)
+    return FlowResult("tcp", p.returncode == 0, f"<= {(empty + 1) * 100}", f"{retr} retr.",
+                      "same connection", f"{rx / 1e9:.2f} Gbit/s average")
+
+
+def _curl_result(p: subprocess.Popen, dest: Path, sha: str) -> FlowResult:
+    out, err = p.communicate(timeout=120)
+    got = hashlib.sha256(dest.read_bytes()).hexdigest() if dest.exists() else ""
+    dest.unlink(missing_ok=True)
+    ok = p.returncode == 0 and got == sha
+    note = f"sha256 {'ok' if got == sha else 'MISMATCH'}" + (f", curl exit {p.returncode}: "
+                                                           f"{err.strip()[-80:]}" if p.returncode else "")
+    return FlowResult("curl", ok, "-", "-", "same connection", note)
+
+
+def _ping_result(p: subprocess.Popen) -> FlowResult:
+    out, err = p.communicate(timeout=60)
+    seqs = sorted({int(m) for m in re.findall(r"icmp_seq=(\d+) ", out)})
+    sent = re.search(r"(\d+) packets transmitted", out)
+    if not seqs or not sent:
+        return FlowResult("ping", False, "-", "-", "-", (err or out).strip()[-120:])
+    n = int(sent[1])
+    longest = max([b - a - 1 for a, b in zip(seqs, seqs[1:])] + [0])
+    return FlowResult("ping", True, f"{(longest + 1) * PING_INTERVAL_S * 1000:.0f}",
+                      str(n - len(seqs)), "-", f"{len(seqs)}/{n} replies")
+
+
+def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds: int,
+                 kill_after: float, log=print) -> list[FlowResult]:
+    """Every flow at once, the active killed after `kill_after` s; what each flow saw."""
+    host, srv = topo.ns(HOST), topo.ns(SERVER)
+    flow_s = kill_after + 5
+    sinks = {proto: _popen(srv, _stream_argv("sink", proto, port, flow_s + 5))
+             for proto, port in (("udp", STREAM_UDP_PORT), ("tcp", STREAM_TCP_PORT))}
+    for p in sinks.values():
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    dest = rdir / "in-host-download.bin"
+    rate = max(1, (file_mb << 20) // int(flow_s + 2))
+    procs = {
+        "tcp": _popen(host, ["iperf3", "-c", SERVER_ADDR, "-p", str(IPERF_PORT), "-J", "-i", "0.1",
+                             "--connect-timeout", "3000", "-t", str(tcp_seconds)]),
+        "curl": _popen(host, ["curl", "-sS", "--max-time", str(int(flow_s + 30)), "--limit-rate",
+                              str(rate), "-o", str(dest), f"http://{SERVER_ADDR}:{HTTP_PORT}/{BLOB}"]),
+        "udp": _popen(host, _stream_argv("send", "udp", STREAM_UDP_PORT, flow_s)),
+        "tcp-seq": _popen(host, _stream_argv("send", "tcp", STREAM_TCP_PORT, flow_s)),
+        "ping": _popen(host, ["ping", "-n", "-i", str(PING_INTERVAL_S), "-W", "1", "-c",
+                              str(int(flow_s / PING_INTERVAL_S)), SERVER_ADDR]),
+    }
+    time.sleep(kill_after)
+    kill_active(topo, log=log)
+    return [_iperf_result(procs["tcp"]), _curl_result(procs["curl"], dest, sha),
+            _stream_result("udp", sinks["udp"], procs["udp"]),
+            _stream_result("tcp-seq", sinks["tcp"], procs["tcp-seq"]), _ping_result(procs["ping"])]
+
+
+def failover_report(results: list[FlowResult], feed: str) -> str:
+    rows = [("flow", "survived", "gap ms", "lost", "NAT port before -> after", "")] + [
+        (r.flow, "yes" if r.survived else "NO", r.gap_ms, r.lost, r.port, r.note) for r in results]
+    w = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [f"lab report: in-host -> fw-a/fw-b pair (natpair daemon, {feed} feed) -> out-srv, "
+             f"active unit killed mid-transfer"]
+    for row in rows:
+        lines.append("  " + "  ".join(c.ljust(w[i]) for i, c in enumerate(row[:5])) + "  " + row[5])
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts.lab.run", description=__doc__.split("\n")[0])
     ap.add_argument("--prefix", default=os.environ.get("LAB_PREFIX") or DEFAULT_PREFIX)
     ap.add_argument("--down", action="store_true", help="only take the lab down")
     ap.add_argument("--file-mb", type=int, default=20)
-    ap.add_argument("--tcp-seconds", type=int, default=10)
+    ap.add_argument("--tcp-seconds", type=int, default=None,
+                    help="iperf3 TCP seconds (default: 20 with the kill, 10 without)")
+    ap.add_argument("--kill-after", type=float, default=4.0,
+                    help="seconds of traffic before the active unit is killed")
+    ap.add_argument("--poll-ms", type=int, default=unit_mod.POLL_MS, help="[failover] poll_ms")
+    ap.add_argument("--hold-ms", type=int, default=unit_mod.HOLD_MS, help="[failover] hold_ms")
+    ap.add_argument("--no-failover", action="store_true",
+                    help="fw-a alone, the four flows one after the other, no kill")
+    ap.add_argument("--kill-active", action="store_true",
+                    help="only kill the active unit of a running lab")
     ap.add_argument("--udp-seconds", type=int, default=5)
     ap.add_argument("--udp-rate", default="100M")
     ap.add_argument("--feed", default=os.environ.get("LAB_FEED", "c"),
@@ -210,6 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         print("natpair lab: needs root (network namespaces): sudo make lab / sudo make lab-down",
               file=sys.stderr)
         return 1
+    if args.kill_active:
+        try:
+            kill_active(lab(args.prefix))
+        except RuntimeError as e:
+            print(f"natpair lab: {e}", file=sys.stderr)
+            return 1
+        return 0
     if args.down:
         removed = build.down(args.prefix)
         if not removed:
@@ -223,6 +446,25 @@ def main(argv: list[str] | None = None) -> int:
     topo = lab(args.prefix)
     build.up(topo)
     rdir = build.run_dir(topo.prefix)
+    if not args.no_failover:
+        try:
+            sha = make_blob(rdir / "www" / BLOB, args.file_mb)
+            start_pair(topo, args.feed, poll_ms=args.poll_ms, hold_ms=args.hold_ms)
+            start_servers(topo, rdir)
+            results = failover_run(topo, rdir, sha, args.file_mb, args.tcp_seconds or 20,
+                                   args.kill_after)
+        except Exception as e:
+            print(f"natpair lab: {e}\nThe lab is left as it is, to look at; remove it with: "
+                  f"{down_hint}", file=sys.stderr)
+            return 1
+        print()
+        print(failover_report(results, args.feed))
+        print()
+        print(f"The lab stays up: {' '.join(n for n in topo.namespaces() if n in build.existing_namespaces())}\n"
+              f"  the survivor is active alone; logs and configs: {rdir}\n"
+              f"  Down:  {down_hint}")
+        return 0 if all(r.survived for r in results) else 1
+    args.tcp_seconds = args.tcp_seconds or 10
     try:
         sha = make_blob(rdir / "www" / BLOB, args.file_mb)
         unit = start_unit(topo, FW_A, feed=args.feed)
@@ -242,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     ns = " ".join(topo.namespaces())
     print(f"The lab stays up: {ns}\n"
-          f"  fw-a runs the natpair daemon (pid {unit.proc.pid}); fw-b is built but not started until the failover issue.\n"
+          f"  fw-a runs the natpair daemon (pid {unit.proc.pid}) alone (--no-failover).\n"
           f"  Look:  sudo ip netns exec {topo.ns(HOST)} curl -o /dev/null "
           f"http://{SERVER_ADDR}:{HTTP_PORT}/{BLOB}\n"
           f"  Files: {rdir}  (NAT address {NAT_ADDR})\n"

@@ -5,6 +5,11 @@ started inside the namespace <prefix><unit>, logging to <run dir>/<unit>.log, it
 socket <run dir>/<unit>.sock (run dir: /run/natpair-lab/<prefix>/). It installs its own rules
 inside its namespace; it is ready when its NFQUEUE rule is there and its control socket answers
 (the socket is bound last, after the rules and the sysctls).
+
+With ``failover=True`` the unit joins the pair (``failover_config``): its failover leg fo0 on
+fo-sw, UDP port FAILOVER_PORT on its fo0 address, the peer the other unit's, one key for the
+lab in <run dir>/failover.key, fw-a of priority 110 and fw-b 100, and the topology's virtual
+addresses (inside gateway, NAT address) as [[failover.vip]].
 """
 from __future__ import annotations
 
@@ -18,7 +23,15 @@ from dataplane.daemon import request
 
 from . import nsexec
 from .build import run_dir
-from .topology import INSIDE_LEG, INSIDE_NET, NAT_ADDR, OUTSIDE_LEG, Topology
+import secrets
+
+from .topology import (FAILOVER_LEG, FW_A, INSIDE_LEG, INSIDE_NET, NAT_ADDR, OUTSIDE_LEG, UNITS,
+                       Topology)
+
+FAILOVER_PORT = 7788
+PRIORITY = {FW_A: 110}          # the others: 100
+POLL_MS, HOLD_MS = 5, 20
+LEG_SIDE = {INSIDE_LEG: "inside", OUTSIDE_LEG: "outside"}
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,17 +72,48 @@ def unit_config(topo: Topology, name: str, feed: str = "c", extra: str = "",
     )
 
 
+def key_file(topo: Topology) -> Path:
+    """The lab's failover key (made once per lab run)."""
+    path = run_dir(topo.prefix) / "failover.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32) + "\n")
+        path.chmod(0o600)
+    return path
+
+
+def failover_config(topo: Topology, name: str, poll_ms: int = POLL_MS, hold_ms: int = HOLD_MS,
+                    extra: str = "") -> str:
+    """The [failover] section of unit `name` (see the module docstring)."""
+    peer = next(u for u in UNITS if u != name)
+    local = topo.link(name, FAILOVER_LEG).addrs[0].split("/")[0]
+    remote = topo.link(peer, FAILOVER_LEG).addrs[0].split("/")[0]
+    vips = "".join(f'\n[[failover.vip]]\nleg = "{LEG_SIDE[v.leg]}"\naddress = "{v.addr}"\n'
+                   for v in topo.virtuals)
+    return (f'[failover]\ninterface = "{FAILOVER_LEG}"\nlocal = "{local}:{FAILOVER_PORT}"\n'
+            f'peer = "{remote}:{FAILOVER_PORT}"\nkey_file = "{key_file(topo)}"\n'
+            f'priority = {PRIORITY.get(name, 100)}\npoll_ms = {poll_ms}\nhold_ms = {hold_ms}\n'
+            f'{extra}{vips}')
+
+
 def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
                ready_s: float = 10.0, extra_config: str = "",
                ports: tuple[int, int] = (1024, 65535), batch: int | None = None,
-               drain_us: int | None = None) -> StartedUnit:
+               drain_us: int | None = None, failover: bool = False,
+               failover_extra: str = "", poll_ms: int = POLL_MS,
+               hold_ms: int = HOLD_MS) -> StartedUnit:
     """Start the natpair daemon of unit `name` in its namespace; return once it is ready.
-    `extra_config`, `ports`, `batch` and `drain_us` go to its config (unit_config)."""
+    `extra_config`, `ports`, `batch` and `drain_us` go to its config (unit_config); with
+    `failover` it joins the pair (failover_config with `poll_ms`/`hold_ms`, plus
+    `failover_extra` keys)."""
     if topo.node(name).role != "unit":
         raise ValueError(f"{name!r} is not a unit")
     rdir = run_dir(topo.prefix)
     rdir.mkdir(parents=True, exist_ok=True)
     cfg = config_path(topo, name)
+    if failover:
+        extra_config = (extra_config + "\n" if extra_config else "") + failover_config(
+            topo, name, poll_ms, hold_ms, extra=failover_extra)
     cfg.write_text(unit_config(topo, name, feed, extra_config, ports, batch=batch,
                                drain_us=drain_us))
     logf = rdir / f"{name}.log"
@@ -81,6 +125,22 @@ def start_unit(topo: Topology, name: str, feed: str = "c", log=print,
     _wait_ready(topo, name, proc, logf, ready_s)
     log(f"lab: {name}: natpair daemon running, pid {proc.pid}, config {cfg}, log {logf}")
     return StartedUnit(name, proc, cfg, logf, socket_path(topo, name))
+
+
+def wait_role(topo: Topology, name: str, roles: tuple[str, ...], timeout_s: float = 20.0) -> dict:
+    """Poll unit `name`'s status until its role is one of `roles`; its last status."""
+    deadline = time.monotonic() + timeout_s
+    st: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            st = request(str(socket_path(topo, name)), "status", timeout=1.0)
+        except (OSError, ValueError):
+            st = {}
+        if st.get("role") in roles:
+            return st
+        time.sleep(0.05)
+    raise RuntimeError(f"{name}: role {st.get('role')!r}, not {'/'.join(roles)} after "
+                       f"{timeout_s} s: {st.get('failover', {}).get('bulk_recv')}")
 
 
 def _wait_ready(topo: Topology, name: str, proc: subprocess.Popen, logf: Path,

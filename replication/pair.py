@@ -1,0 +1,333 @@
+"""One unit's side of the active/standby pair: the replication modules put together.
+
+Owns ``Pair``, which holds the failover link (udp.UdpLink with its FtfwTransport), the
+failure detector (detect.Detector), the role (role.Role) and both bulk sync ends
+(bulk.BulkSender over ``core.export``, bulk.BulkRequester into ``core.import_*``), and
+``step(now_ms)``, one turn of the replication loop (the daemon's replication thread calls
+it every millisecond or when a datagram arrives). Names used:
+
+- ``core_lock``: the daemon's lock around the core (an RLock: a role action may run while
+  the loop holds it). Every core call here holds it; the transport and the machines are
+  only used from the replication thread.
+- ``offer(changes)``: journal changes drained by the feed thread (which holds the core
+  between batches) into a queue; ``step`` submits them to the transport while the peer is
+  a standby (any other time they are dropped: a joining standby bulk-syncs). States of
+  destination port 80 are not replicated unless ``http_replication``.
+- the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
+  flags bit 0 = yielding, our poll/hold, table size and bulk progress. Hellos only go over
+  the failover link (hellos on the data interfaces are not implemented: the detector's
+  data paths stay silent, so a cut failover link looks like a dead peer).
+- bulk on the wire: BulkRequest = UPDATE_REQUEST(0, 0, request); BulkStart = BULK_START;
+  each record of a BulkChunk = one BULK_STATE record (it belongs to the request of the
+  last BULK_START); BulkEnd = BULK_END (sent = the records that went on the wire).
+- the standby imports: live INSERT/UPDATE/DELETE through ``BulkRequester.apply_live``
+  (always, so a bulk in progress can see them), bulk records through ``on_message``.
+- a silent peer resets the link (a new epoch, nothing unacked kept for a peer that will
+  come back as a new one and bulk-sync); a standby that sees the active's stream start
+  again (a new epoch) asks for a bulk sync, so nothing lost with the old epoch stays lost.
+
+Counters (``counters``, next to the transport's): offered, submitted, dropped_no_standby,
+skipped_http, rx_ignored_active, bad_hello, bulk_requests_ignored, link_resets, reannounced
+(gratuitous ARP again when the active hears a peer after silence, or wins a dual-active
+comparison: while we did not hear it, it may have been active and moved the hosts).
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Callable
+
+from dataplane.core import Change, StateRecord
+from replication import bulk, wire
+from replication.bulk import BulkRequester, BulkSender
+from replication.counters import Counters
+from replication.detect import FAILOVER, Detector
+from replication.fsm import LOG, monotonic_ms
+from replication.role import STANDBY_STATES, Actions, Role, RoleState
+from replication.transport import FtfwTransport
+from replication.udp import UdpLink
+from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, UPDATE,
+                              UPDATE_REQUEST, Codec)
+
+HTTP_PORT = 80
+TCP = 6
+F_YIELDING = 0x01
+BULK_PENDING_MAX = 4096         # records queued in the transport before the bulk sender waits
+OFFER_MAX = 1 << 20             # journal changes waiting for the loop (then: dropped, counted)
+REQUEST_AGAIN_MS = 1000         # a failed bulk sync is asked for again after this long
+
+
+def is_http(rec: StateRecord) -> bool:
+    """A TCP state of a connection to port 80 (before or after a destination NAT)."""
+    return rec.proto == TCP and (rec.keys[0].dport == HTTP_PORT or rec.keys[1].sport == HTTP_PORT)
+
+
+class _PeerCodec(Codec):
+    """A Codec that remembers the unit id of the last datagram it accepted."""
+
+    last_unit = 0
+
+    def decode(self, data: bytes):
+        msg = super().decode(data)
+        if msg is not None:
+            self.last_unit = msg.unit
+        return msg
+
+
+class Pair:
+    def __init__(self, core, core_lock: threading.RLock, *, unit_id: int, key: bytes,
+                 local: tuple[str, int], peer: tuple[str, int], priority: int = 100,
+                 poll_ms: int = 10, hold_ms: int = 50, preempt: bool = False,
+                 http_replication: bool = False, actions: Actions | None = None,
+                 clock: Callable[[], int] = monotonic_ms, name: str = "pair"):
+        self.core, self.lock = core, core_lock
+        self.unit_id, self.key, self.http = unit_id, bytes(key), http_replication
+        self.clock = clock
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.wire_counters = Counters(wire.REASONS + ("rx_ok", "rx_dropped"))  # kept across link resets
+        self._offered: collections.deque[Change] = collections.deque()
+        self._inbox: list[tuple[int, object]] = []
+        self._bulk_rx_request = 0
+        self._bulk_tx_sent = 0
+        self._next_request = 0
+        self.role = Role(unit_id, priority=priority, preempt=preempt, actions=actions, clock=clock,
+                         name=f"{name}-role")
+        self.role.machine.subscribe(self._on_role)
+        self.detector = Detector(poll_ms=poll_ms, hold_ms=hold_ms, clock=clock, name=f"{name}-detect")
+        self.sender = BulkSender(core, clock=clock, name=f"{name}-bulk-send")
+        self.requester = BulkRequester(core, clock=clock, notify=self._on_bulk_event,
+                                       name=f"{name}-bulk-recv")
+        self.link = UdpLink(self._codec(), local, peer, self._deliver)
+        self._set_transport()
+        self.table_size = 0
+
+    # ---- the link ----
+
+    def _codec(self) -> _PeerCodec:
+        return _PeerCodec(self.key, self.unit_id, counters=self.wire_counters)
+
+    def _set_transport(self, codec: _PeerCodec | None = None) -> None:
+        if codec is not None:
+            self.link.transport = FtfwTransport(codec, self.link._send, self._deliver,
+                                                on_resync=self._on_resync)
+        else:
+            self.link.transport._on_resync = self._on_resync
+
+    @property
+    def transport(self) -> FtfwTransport:
+        return self.link.transport
+
+    def _reset_link(self, reason: str) -> None:
+        self.counters["link_resets"] += 1
+        LOG.info("pair link reset reason=%s", reason.replace(" ", "_"))
+        self._set_transport(self._codec())
+
+    def fileno(self) -> int:
+        return self.link.fileno()
+
+    def close(self) -> None:
+        self.link.close()
+
+    # ---- inputs from other threads ----
+
+    def offer(self, changes: list[Change]) -> None:
+        """Journal changes, from the thread that holds the core (the feed thread)."""
+        if len(self._offered) + len(changes) > OFFER_MAX:
+            self.counters["offer_overflow"] += len(changes)
+            return
+        self._offered.extend(changes)
+        self.counters["offered"] += len(changes)
+
+    # ---- the loop ----
+
+    def start(self) -> None:
+        self.role.start()
+
+    def replicating(self) -> bool:
+        peer = self.role.peer
+        return self.role.is_active and peer is not None and peer.state in STANDBY_STATES
+
+    def step(self, now: int | None = None) -> None:
+        now = self.clock() if now is None else now
+        self._submit(now)
+        restarted = self.transport.counters["rx_peer_restarted"]
+        self.link.pump(now)                     # receive (hellos act at once), then timers
+        if self.transport.counters["rx_peer_restarted"] != restarted:
+            # the active's stream started again (it restarted, or reset its link after a
+            # silence of ours): what it had not yet delivered is gone, a bulk sync fills it
+            self._on_resync()
+        if self._inbox:
+            self._import()
+        for path in self.detector.hellos_due():
+            if path == FAILOVER:
+                self.transport.send_unreliable(HELLO, (self._hello(),), now)
+        for event, reason in self.detector.poll():
+            if event.name == "PEER_SILENT":
+                self.sender.abort("peer silent")
+                self._reset_link("peer silent")
+            self.role.on_detect(event, reason)
+        self._bulk(now)
+        self.transport.poll(now)
+
+    def _submit(self, now: int) -> None:
+        offered, tr = self._offered, self.transport
+        if not offered:
+            return
+        if not self.replicating():
+            self.counters["dropped_no_standby"] += len(offered)
+            offered.clear()
+            return
+        while offered:
+            ch = offered.popleft()
+            if not self.http and ch.record is not None and is_http(ch.record):
+                self.counters["skipped_http"] += 1
+                continue
+            tr.submit(ch, now)
+            self.counters["submitted"] += 1
+
+    def _hello(self) -> wire.Hello:
+        if self.role.is_active:
+            p = self.sender.progress()
+            done, total = p["sent"], p["total"]
+        else:
+            p = self.requester.progress()
+            done, total = p["received"], p["total"]
+        return wire.Hello(self.role.state.value, self.role.priority,
+                          F_YIELDING if self.role.yielding else 0, self.detector.poll_ms,
+                          self.detector.hold_ms, self.table_size & 0xFFFFFFFF,
+                          done & 0xFFFFFFFF, total & 0xFFFFFFFF)
+
+    def _deliver(self, action: int, rec) -> None:
+        """From the transport, in stream order; hellos at once, the rest imported in step()."""
+        if action == HELLO:
+            try:
+                state = RoleState(rec.role)
+            except ValueError:
+                self.counters["bad_hello"] += 1
+                return
+            self.detector.hello(FAILOVER)
+            new_peer = self.role.peer is None
+            self.role.on_peer(state, rec.state, self.transport.codec.last_unit,
+                              bool(rec.flags & F_YIELDING))
+            if new_peer and self.role.is_active and state is not RoleState.ACTIVE:
+                self._reannounce("peer heard again")
+            return
+        self._inbox.append((action, rec))
+
+    def _import(self) -> None:
+        inbox, self._inbox = self._inbox, []
+        with self.lock:
+            self.core.set_clock(self.clock())
+            for action, rec in inbox:
+                self._import_one(action, rec)
+            self.table_size = self.core.state_count
+
+    def _import_one(self, action: int, rec) -> None:
+        if action == UPDATE_REQUEST:
+            if (rec.creator, rec.id) != (0, 0) or not self.role.is_active:
+                self.counters["bulk_requests_ignored"] += 1
+                return
+            self.sender.on_request(rec.request)
+            return
+        if self.role.is_active:
+            self.counters["rx_ignored_active"] += 1
+            return
+        r = self.requester
+        if action in (INSERT, UPDATE):
+            r.apply_live(Change("update", rec.creator, rec.id, rec))
+        elif action == DELETE:
+            r.apply_live(Change("delete", rec.creator, rec.id, None))
+        elif action == BULK_START:
+            self._bulk_rx_request = rec.request
+            r.on_message(bulk.BulkStart(rec.request, rec.total))
+        elif action == BULK_STATE:
+            r.on_message(bulk.BulkChunk(self._bulk_rx_request, (rec,)))
+        elif action == BULK_END:
+            r.on_message(bulk.BulkEnd(rec.request, rec.sent, rec.status == wire.BULK_OK))
+
+    # ---- bulk sync ----
+
+    def _bulk(self, now: int) -> None:
+        role, r = self.role, self.requester
+        if (role.state is RoleState.STANDBY_COLD and role.peer is not None
+                and role.peer.state is RoleState.ACTIVE and r.state not in bulk.BUSY
+                and now >= self._next_request):
+            self._next_request = now + REQUEST_AGAIN_MS
+            with self.lock:
+                r.request("joining an active peer")
+        for msg in r.poll():
+            self.transport.send(UPDATE_REQUEST, wire.UpdateRequest(0, 0, msg.request), now)
+        if self.sender.state is bulk.SenderState.SENDING and self.transport.pending < BULK_PENDING_MAX:
+            with self.lock:
+                msgs = self.sender.poll()
+                self.table_size = self.core.state_count
+            for msg in msgs:
+                self._send_bulk(msg, now)
+
+    def _send_bulk(self, msg, now: int) -> None:
+        tr = self.transport
+        if isinstance(msg, bulk.BulkStart):
+            self._bulk_tx_sent = 0
+            tr.send(BULK_START, wire.BulkStart(msg.request, msg.total), now)
+        elif isinstance(msg, bulk.BulkChunk):
+            for rec in msg.records:
+                if not self.http and is_http(rec):
+                    self.counters["skipped_http"] += 1
+                    continue
+                tr.send(BULK_STATE, rec, now)
+                self._bulk_tx_sent += 1
+        elif isinstance(msg, bulk.BulkEnd):
+            tr.send(BULK_END, wire.BulkEnd(msg.request, self._bulk_tx_sent,
+                                           wire.BULK_OK if msg.ok else wire.BULK_ABORTED), now)
+
+    def _reannounce(self, why: str) -> None:
+        """Gratuitous ARP again: a peer that was (or may have been) active while we did not
+        hear it may have moved the hosts to itself."""
+        if self.role.actions is None:
+            return
+        self.counters["reannounced"] += 1
+        LOG.info("pair announce again reason=%s", why.replace(" ", "_"))
+        try:
+            self.role.actions.announce()
+        except Exception as e:
+            LOG.error("pair announce failed: %s", e)
+
+    def _on_bulk_event(self, event, reason: str) -> None:
+        self.role.on_bulk(event, reason)
+
+    def _on_resync(self) -> None:
+        """The active no longer holds what we missed: a bulk sync fills the hole."""
+        self.counters["resyncs"] += 1
+        if not self.role.is_active and self.requester.state not in bulk.BUSY:
+            with self.lock:
+                self.requester.request("stream skipped")
+
+    def _on_role(self, t) -> None:
+        if t.src is t.dst:
+            if t.dst is RoleState.ACTIVE and t.event.name == "NEGOTIATION_WON":
+                self._reannounce("dual active, won")
+            return
+        if t.dst is RoleState.ACTIVE:
+            with self.lock:
+                self.requester.abort("became active")
+        if t.src is RoleState.ACTIVE:
+            for msg in self.sender.abort("no longer active"):
+                self._send_bulk(msg, self.clock())
+
+    # ---- figures ----
+
+    def status(self) -> dict:
+        tr = self.transport
+        return {"role": self.role.state.name, "peer": None if self.role.peer is None
+                else self.role.peer.state.name, "role_detail": self.role.status(),
+                "detect": self.detector.status(),
+                "bulk_send": self.sender.progress(), "bulk_recv": self.requester.progress(),
+                "transport": {"pending": tr.pending, "unacked": tr.unacked},
+                "counters": self.replication_counters()}
+
+    def replication_counters(self) -> dict[str, int]:
+        out = dict(self.transport.counters.as_dict())
+        out.update({f"pair_{k}": v for k, v in self.counters.items()})
+        out.update({f"role_{k}": v for k, v in self.role.counters.items()})
+        out.update({f"detect_{k}": v for k, v in self.detector.counters.items()})
+        return out

@@ -1,0 +1,189 @@
+"""Two units' replication.pair.Pair over real UDP on the loopback (no root): one starts alone
+and becomes active; the other joins, bulk-syncs (states made before it joined) and is ready;
+live changes (creates, deletes) then reach it; port-80 states stay home unless
+http_replication; when the active goes silent the ready standby takes over with its steps
+in order (state first, then addresses); a bad key is refused and counted, never imported.
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+import pytest
+
+from dataplane.core import Core
+from replication.pair import Pair
+from replication.role import RoleState
+from tests.packets import POOL_1, SRV_1, tcp, udp
+
+KEY = secrets.token_bytes(32)
+INSIDE = "198.18.0.10"
+
+
+class Steps:
+    def __init__(self):
+        self.done: list[str] = []
+
+    def __getattr__(self, name):
+        if name in ("core_active", "add_addresses", "announce", "remove_addresses", "core_standby"):
+            return lambda: self.done.append(name)
+        raise AttributeError(name)
+
+
+class Unit:
+    def __init__(self, unit_id: int, port: int, peer_port: int, **kw):
+        self.core = Core(pool=[POOL_1], creator_id=unit_id, port_range=(20000, 29999))
+        self.core.set_journal(False)
+        self.lock = threading.RLock()
+        self.steps = Steps()
+        self.pair = Pair(self.core, self.lock, unit_id=unit_id, key=kw.pop("key", KEY),
+                         local=("127.0.0.1", port), peer=("127.0.0.1", peer_port),
+                         actions=self.steps, name=f"u{unit_id}", **kw)
+        self.alive = True
+
+    def flow(self, sport: int, dport: int = 53, proto=udp) -> None:
+        """A new state on this unit's core, its journal drained to the pair (the feed's job)."""
+        with self.lock:
+            self.core.set_journal(self.pair.role.is_active)
+            v = self.core.process(proto(INSIDE, SRV_1, sport, dport), "inside")
+            assert v.accepted, v.reason
+            self.pair.offer(self.core.drain())
+
+    def step(self):
+        if self.alive:
+            self.pair.step()
+
+    def close(self):
+        self.pair.close()
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def units():
+    made = []
+
+    def make(**kw):
+        pa, pb = free_ports(2)
+        a = Unit(1, pa, pb, **kw)
+        b = Unit(2, pb, pa, **kw)
+        made.extend([a, b])
+        return a, b
+    yield make
+    for u in made:
+        u.close()
+
+
+def run(units, until, timeout_s: float = 5.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        for u in units:
+            u.step()
+        if until():
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def ids(core: Core) -> set[tuple[int, int]]:
+    return {(r.creator, r.id) for r in core.export()}
+
+
+def test_join_bulk_live_and_takeover(units):
+    a, b = units()
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
+    assert a.steps.done == ["core_active", "add_addresses", "announce"]
+    for port in range(40000, 40050):
+        a.flow(port)
+    a.flow(40100, dport=80, proto=tcp)          # HTTP: not replicated by default
+    b.pair.start()
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY), b.pair.status()
+    want = ids(a.core) - {(r.creator, r.id) for r in a.core.export() if r.keys[0].dport == 80}
+    assert ids(b.core) == want and len(want) == 50
+    assert b.pair.counters["skipped_http"] == 0 and a.pair.counters["skipped_http"] == 1
+    assert b.steps.done == []
+    # live: a create and a delete
+    a.flow(41000)
+    new = max(ids(a.core) - want)
+    assert run([a, b], lambda: new in ids(b.core))
+    with a.lock:
+        gone = min(want)
+        a.core.delete(*gone)
+        a.pair.offer(a.core.drain())
+    assert run([a, b], lambda: gone not in ids(b.core))
+    status = b.pair.status()
+    assert status["role"] == "STANDBY_READY" and status["peer"] == "ACTIVE"
+    assert status["bulk_recv"]["state"] == "DONE" and status["bulk_recv"]["received"] == 50
+    # the active goes silent: the ready standby takes over, state first, then addresses
+    a.alive = False
+    t0 = time.monotonic()
+    assert run([b], lambda: b.pair.role.is_active, 2)
+    assert (time.monotonic() - t0) * 1000 < 3 * b.pair.detector.hold_ms
+    assert b.steps.done == ["core_active", "add_addresses", "announce"]
+    assert b.pair.role.counters["takeovers"] == 1
+    http = {(r.creator, r.id) for r in a.core.export() if r.keys[0].dport == 80}
+    assert ids(b.core) == ids(a.core) - http
+
+
+def test_wrong_key_is_refused_and_nothing_imported(units):
+    a, b = units()
+    b.pair.key = secrets.token_bytes(32)
+    b.pair._reset_link("test: another key")
+    a.pair.start()
+    b.pair.start()
+    run([a, b], lambda: False, 0.3)
+    assert b.pair.wire_counters["bad_mac"] > 0 and a.pair.wire_counters["bad_mac"] > 0
+    assert b.pair.role.peer is None and a.pair.role.peer is None
+    assert ids(b.core) == set()
+
+
+def test_dual_active_ends_with_one_active_that_announces_again(units):
+    """Two units that could not hear each other are both active; when the link heals the
+    comparison keeps one (same priority: the lower unit id), which sends gratuitous ARP again;
+    the other releases (addresses first, then the core) and joins as a standby."""
+    a, b = units()
+    real_peer = b.pair.link.peer
+    b.pair.link.connect(("127.0.0.1", free_ports(1)[0]))       # b hears nobody, a neither
+    a.pair.start()
+    b.pair.start()
+    assert run([a, b], lambda: a.pair.role.is_active and b.pair.role.is_active, 2)
+    b.pair.link.connect(real_peer)
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY)
+    assert a.pair.role.is_active
+    assert a.steps.done == ["core_active", "add_addresses", "announce", "announce"]
+    assert b.steps.done == ["core_active", "add_addresses", "announce", "remove_addresses",
+                            "core_standby"]
+    assert a.pair.counters["reannounced"] == 1         # whichever heard the other first
+
+
+def test_a_standby_bulk_syncs_again_when_the_active_stream_restarts(units):
+    """The active resets its link (a new epoch: what was unacked is gone with the old one);
+    the standby notices the new epoch and asks for the whole table again."""
+    a, b = units()
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.is_active, 2)
+    for port in range(40000, 40010):
+        a.flow(port)
+    b.pair.start()
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY)
+    requests = b.pair.requester.counters["requests"]
+    with a.lock:                                    # a change that is lost with the old epoch
+        lost = min(ids(a.core))
+        a.core.delete(*lost)
+        a.core.drain()
+    a.pair._reset_link("test")
+    assert run([a, b], lambda: b.pair.requester.counters["completed"] == 2)
+    assert b.pair.requester.counters["requests"] == requests + 1
+    assert ids(b.core) == ids(a.core) and lost not in ids(b.core)
+    assert b.pair.role.state is RoleState.STANDBY_READY
