@@ -43,6 +43,7 @@ from replication.bulk import BulkRequester, BulkSender
 from replication.counters import Counters
 from replication.detect import FAILOVER, Detector
 from replication.fsm import LOG, monotonic_ms
+from replication.lag import LagHistogram
 from replication.role import STANDBY_STATES, Actions, Role, RoleState
 from replication.transport import FtfwTransport
 from replication.udp import UdpLink
@@ -100,6 +101,7 @@ class Pair:
         self.link = UdpLink(self._codec(), local, peer, self._deliver)
         self._set_transport()
         self.table_size = 0
+        self.lag = LagHistogram()      # filled on the active as the standby acks (see lag.py)
 
     # ---- the link ----
 
@@ -323,6 +325,7 @@ class Pair:
                 "detect": self.detector.status(),
                 "bulk_send": self.sender.progress(), "bulk_recv": self.requester.progress(),
                 "transport": {"pending": tr.pending, "unacked": tr.unacked},
+                "lag": self.lag.snapshot(),
                 "counters": self.replication_counters()}
 
     def replication_counters(self) -> dict[str, int]:
