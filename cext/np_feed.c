@@ -52,7 +52,7 @@
     X(RECEIVED) X(ACCEPTED) X(DROPPED) X(MODIFIED) X(GSO) X(CSUM_NOTREADY) \
     X(VERDICT_SENDS) X(VERDICT_MSGS) X(VERDICT_BATCHES) \
     X(RECV_ERRORS) X(SEND_ERRORS) X(ENOBUFS) X(VERDICT_ERRORS) \
-    X(UNKNOWN_IFINDEX) X(TRUNCATED) X(MALFORMED)
+    X(UNKNOWN_IFINDEX) X(TRUNCATED) X(MALFORMED) X(SEND_RETRIES)
 
 enum np_feed_counter {
 #define NP_FEED_CTR_ENUM(name) NP_FCTR_##name,
@@ -391,9 +391,16 @@ static void tx_flush(struct tx *t)
     struct msghdr mh = { .msg_name = &sa, .msg_namelen = sizeof(sa),
                          .msg_iov = t->f->tx_iov, .msg_iovlen = t->niov };
     ssize_t n;
+    int tries = 0;
+    /* the kernel handles the verdicts inside sendmsg; a send refused for want of memory
+     * handled none of them, and the packets would wait in the queue for ever: try again
+     * a few times before counting it (the packets then stay queued: fail closed) */
     do
         n = sendmsg(mnl_socket_get_fd(t->f->nl), &mh, 0);
-    while (n < 0 && errno == EINTR);
+    while (n < 0 && (errno == EINTR ||
+                     ((errno == ENOBUFS || errno == ENOMEM || errno == EAGAIN) && ++tries <= 3)));
+    if (tries > 0 && n >= 0)
+        t->f->ctr[NP_FCTR_SEND_RETRIES]++;
     if (n < 0) {
         t->f->ctr[NP_FCTR_SEND_ERRORS]++;
         t->err = errno;
