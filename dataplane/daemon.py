@@ -23,7 +23,8 @@ Owns the unit's life cycle and its threads. Names used:
 - ``lock``: every core call holds it (the core is single-threaded); the feed
   holds it for one batch, waiting for packets outside it when the feed has a
   ``fileno()``.
-- log lines: ``ts level natpair[name] event key=value ...`` (``log_event``).
+- log lines: ``ts level natpair[name] event key=value ...`` (``log_event``; the shape is
+  dataplane/logline.py's, for every line, also those of the replication modules).
 """
 from __future__ import annotations
 
@@ -62,10 +63,9 @@ def log_event(level: int, event: str, **kv) -> None:
 
 
 def setup_logging(name: str, level: int = logging.INFO) -> None:
-    fmt = logging.Formatter(f"%(asctime)s.%(msecs)03d %(levelname)s natpair[{name}] %(message)s",
-                            datefmt="%Y-%m-%dT%H:%M:%S")
+    from dataplane.logline import KvFormatter     # one key=value shape for every line
     handler = logging.StreamHandler()
-    handler.setFormatter(fmt)
+    handler.setFormatter(KvFormatter(name))
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
     LOG.propagate = False

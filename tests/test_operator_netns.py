@@ -12,7 +12,8 @@ down), fw-a active and fw-b standby-ready (scripts/lab/run.start_pair), fw-a wit
 - a metrics scrape returns the documented names;
 - a planned switchover (`natpair failover standby` on the active, then `failover active` on
   the new standby to switch back) keeps a TCP flow of 1000 records/s: same connection, no
-  reset, every record, no gap as long as one retransmission timeout (200 ms).
+  reset, every record, no gap as long as one retransmission timeout (200 ms); every log
+  line of both units has the key=value shape (dataplane/logline.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import urllib.request
 
 import pytest
 
+from dataplane.logline import LINE
 from netns_lab import Lab, quiet, unique_prefix
 from scripts.lab import run as labrun
 from scripts.lab.topology import FW_A, FW_B, HOST, HOST_ADDR, SERVER, SERVER_ADDR, lab
@@ -196,7 +198,7 @@ def test_metrics_scrape_returns_the_documented_names(pair):
 
 
 def test_planned_switchover_keeps_a_tcp_flow(pair):
-    lab_, _ = pair
+    lab_, units = pair
     a, b = sock(lab_, FW_A), sock(lab_, FW_B)
     stream = [sys.executable, "-m", "scripts.lab.stream"]
     sink = lab_.spawn(SERVER, stream + ["sink", "--proto", "tcp", "--bind", SERVER_ADDR, "--port",
@@ -222,5 +224,8 @@ def test_planned_switchover_keeps_a_tcp_flow(pair):
     assert got["max_gap_ms"] < RTO_MIN_MS, got
     hist = js("show", "failover", "history", sock=a)["transitions"]
     assert any(t["event"] == "MANUAL_STANDBY" for t in hist), hist
+    for name, unit in units.items():             # every line, switchovers included, parses
+        for ln in unit.log.read_text().splitlines():
+            assert LINE.match(ln), (name, ln)
     print(f"\nplanned switchover there and back: {sent['sent']} records, largest gap "
           f"{got['max_gap_ms']} ms")
