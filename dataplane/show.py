@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 
 from dataplane import connfilter
 from dataplane.core import PROTOS, SIDE_NAMES, ip_str
+from replication.wire import REASONS as WIRE_REASONS
 
 PAGE = 1024
 CONN_LIMIT = 1000               # rows returned by show_conn unless the request says otherwise
@@ -136,10 +137,10 @@ def _failover_figures(d, pair) -> dict:
                  "hellos_tx": det.counters.get("hellos_tx_failover", 0),
                  "hellos_rx": det.counters.get("hellos_rx_failover", 0),
                  "rx_ok": wc.get("rx_ok", 0), "rx_dropped": wc.get("rx_dropped", 0),
-                 "drops": {k: v for k, v in wc.items() if v and k not in ("rx_ok", "rx_dropped")}},
+                 "drops": {k: v for k, v in wc.items() if v and k in WIRE_REASONS}},
         "transport": {"pending": tr.pending, "unacked": tr.unacked,
                       "offered_waiting": len(pair._offered),
-                      **{k: tc.get(k, 0) for k in ("tx_msgs", "tx_bytes", "tx_records",
+                      **{k: tc.get(k, 0) for k in ("tx_msgs", "tx_bytes", "tx_records", "tx_coalesced",
                                                    "tx_retransmits", "tx_errors", "rx_records",
                                                    "rx_duplicates", "rx_out_of_order", "tx_nacks",
                                                    "rx_nacks")}},

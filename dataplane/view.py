@@ -52,7 +52,8 @@ def failover(r: dict) -> str:
     out += ["",
             "        Logical Update Queue: " f"pending {tr['pending']}, retransmit queue (unacked) "
             f"{tr['unacked']}, offered waiting {tr['offered_waiting']}",
-            f"        Stream: {tr['tx_msgs']} msgs / {tr['tx_records']} records sent, "
+            f"        Stream: {tr['tx_msgs']} msgs / {tr['tx_records']} records sent "
+            f"({tr['tx_coalesced']} changes coalesced into a later one), "
             f"{tr['tx_retransmits']} retransmits, {tr['tx_errors']} send errors; "
             f"{tr['rx_records']} records received, {tr['rx_duplicates']} duplicates",
             f"        Link datagrams: {link['rx_ok']} accepted, {link['rx_dropped']} dropped"
