@@ -46,7 +46,7 @@ from replication.fsm import LOG, monotonic_ms
 from replication.lag import LagHistogram
 from replication.role import STANDBY_STATES, Actions, Role, RoleState
 from replication.switchover import F_WANTS_ACTIVE, Switchover
-from replication.tables import TableStats, import_errors
+from replication.tables import TableStats, applied
 from replication.transport import FtfwTransport
 from replication.udp import UdpLink
 from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, UPDATE,
@@ -239,10 +239,12 @@ class Pair:
         inbox, self._inbox = self._inbox, []
         with self.lock:
             self.core.set_clock(self.clock())
+            rc = self.requester.counters
             for action, rec in inbox:
-                errors = import_errors(self.requester.counters)
+                before = applied(rc, action)
                 self._import_one(action, rec)
-                self.tables.received(action, rec, import_errors(self.requester.counters) != errors)
+                self.tables.received(action, rec, before is not None and applied(rc, action) == before
+                                     and not self.role.is_active)
             self.table_size = self.core.state_count
 
     def _import_one(self, action: int, rec) -> None:
