@@ -40,12 +40,15 @@ def ids(core):
     return {(r.creator, r.id) for r in core.export()}
 
 
+TIMERS = {"poll_ms": 10, "hold_ms": 400}     # generous: this is not about detection speed
+
+
 def pair_ready(units_):
-    a, b = units_()
+    a, b = units_(**TIMERS)
     a.pair.start()
-    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
+    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 5)
     b.pair.start()
-    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY, 5)
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY, 10)
     return a, b
 
 
@@ -95,9 +98,9 @@ def test_active_on_the_ready_standby_takes_the_role(units):
 
 
 def test_refusals_and_the_forced_takeover(units):
-    a, b = units()
+    a, b = units(**TIMERS)
     a.pair.start()
-    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
+    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 5)
     lp = Loop(a)
     try:
         result, error = wait(a.pair.switchover.post("standby"))
