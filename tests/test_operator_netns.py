@@ -9,7 +9,7 @@ down), fw-a active and fw-b standby-ready (scripts/lab/run.start_pair), fw-a wit
 - the errors: no daemon (exit 3), permission denied on the socket (exit 4), an unknown
   filter (exit 2), clear conn on the standby (exit 1); clear conn on the active removes the
   state on both units (the standby follows the DELETE);
-- a metrics scrape returns the documented names;
+- a metrics scrape returns the documented names; a standalone unit answers too (Failover Off);
 - a planned switchover (`natpair failover standby` on the active, then `failover active` on
   the new standby to switch back) keeps a TCP flow of 1000 records/s: same connection, no
   reset, every record, no gap as long as one retransmission timeout (200 ms); every log
@@ -229,3 +229,18 @@ def test_planned_switchover_keeps_a_tcp_flow(pair):
             assert LINE.match(ln), (name, ln)
     print(f"\nplanned switchover there and back: {sent['sent']} records, largest gap "
           f"{got['max_gap_ms']} ms")
+
+
+def test_a_standalone_unit_answers_too(request):
+    lab_ = Lab.up(lab(unique_prefix("w")), request)
+    start_unit(lab_.topo, FW_A, log=quiet)
+    a = sock(lab_, FW_A)
+    make_udp_state(lab_, 43333)
+    assert "Failover Off" in natpair("show", "failover", sock=a).stdout
+    assert js("show", "failover", sock=a)["role"] == "STANDALONE"
+    assert js("show", "failover", "history", sock=a)["transitions"] == []
+    r = natpair("failover", "active", sock=a, check=False)
+    assert r.returncode == 1 and "standalone" in r.stderr
+    assert js("show", "conn", "port", "43333", sock=a)["matched"] == 1
+    assert js("clear", "conn", "port", "43333", sock=a)["cleared"] == 1
+    assert js("show", "conn", "port", "43333", sock=a)["matched"] == 0
