@@ -7,7 +7,8 @@
 #   make fuzz        the libFuzzer target for FUZZ_SECONDS (default 300)
 #   make bench       scripts/bench_core.py
 #   make bench-unit  fw-a vs kernel forwarding and kernel NAT, in its own lab (as root)
-#   make lab         the namespace lab: build, start the pair, traffic, kill the active, report (as root)
+#   make lab         the namespace lab: build, start the pair, traffic, kill the active, report
+#                    and the continuity picture (a PNG; as root)
 #   make kill-active power-cut the active unit of a running lab (as root)
 #   make lab-down    removes exactly what lab made (as root); LAB_PREFIX=np- for both
 #   make clean       build products (not .venv); distclean also removes .venv

@@ -31,6 +31,7 @@ The file (see examples/unit-fw-a.toml)::
                   preempt (default false), http_replication (default false)
     [[failover.vip]] leg = "inside" | "outside", address = "a.b.c.d/len": a virtual
                   address held by whichever unit is active
+    [metrics]     optional: listen = "a.b.c.d:port", the Prometheus endpoint (dataplane/metrics.py)
 """
 from __future__ import annotations
 
@@ -178,6 +179,12 @@ class Failover:
 
 
 @dataclasses.dataclass(frozen=True)
+class Metrics:
+    address: str                     # the Prometheus endpoint listens here (HTTP, /metrics)
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: str
     unit: UnitSection
@@ -189,6 +196,7 @@ class Config:
     feed: Feed
     control: Control
     failover: Failover | None = None     # None: a standalone unit
+    metrics: Metrics | None = None       # None: no Prometheus endpoint
 
 
 def creator_id_from_name(name: str) -> int:
@@ -344,7 +352,8 @@ def _tname(v: Any) -> str:
             dict: "table"}.get(type(v), type(v).__name__)
 
 
-SECTIONS = ("unit", "interfaces", "nat", "rules", "timeouts", "core", "feed", "control", "failover")
+SECTIONS = ("unit", "interfaces", "nat", "rules", "timeouts", "core", "feed", "control", "failover",
+            "metrics")
 
 
 def load(path: str | Path) -> Config:
@@ -482,8 +491,26 @@ def loads(text: str, path: str = "<config>") -> Config:
     control = Control(sock)
 
     failover = _failover(ck, data["failover"], interfaces, path) if "failover" in data else None
+    metrics = _metrics(ck, data["metrics"]) if "metrics" in data else None
 
-    return Config(path, unit, interfaces, nat, tuple(rules), timeouts, core, feed, control, failover)
+    return Config(path, unit, interfaces, nat, tuple(rules), timeouts, core, feed, control, failover,
+                  metrics)
+
+
+def _metrics(ck: _Checker, d: Any) -> Metrics:
+    d = ck.table(d, "metrics", ("listen",))
+    v = ck.value(d, "metrics", "listen", str)
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        ck.fail("metrics.listen", f"{v!r}: must be \"address:port\" (port 1..65535), "
+                                  f"e.g. \"127.0.0.1:9477\"")
+    try:
+        addr = ipaddress.IPv4Address(host)
+    except ValueError:
+        ck.fail("metrics.listen", f"bad IPv4 address {host!r} (0.0.0.0 listens on every address)")
+    if addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
+        ck.fail("metrics.listen", f"{host} is not an address to listen on")
+    return Metrics(str(addr), int(port))
 
 
 FAILOVER_KEYS = ("interface", "local", "peer", "key", "key_file", "priority", "poll_ms", "hold_ms",

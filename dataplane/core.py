@@ -335,6 +335,14 @@ class Core:
             if n < batch:
                 return
 
+    def export_page(self, cursor: int, max_states: int = 1024) -> tuple[list[StateRecord], int]:
+        """Up to ``max_states`` states from ``cursor`` on, and the cursor to go on from (None when
+        done): a caller can let go of the core between pages (a show command on a busy unit)."""
+        cur = ffi.new("uint32_t *", cursor)
+        out = ffi.new("struct np_state_rec[]", max_states)
+        n = lib.np_core_export(self._c, cur, out, max_states)
+        return [StateRecord.from_c(out[i]) for i in range(n)], (cur[0] if n == max_states else None)
+
     def get(self, creator: int, id: int) -> StateRecord:
         _check(lib.np_core_get(self._c, creator, id, self._rec), f"state {creator}/{id}")
         return StateRecord.from_c(self._rec)

@@ -18,12 +18,13 @@ Owns the unit's life cycle and its threads. Names used:
 - threads: the feed thread (``feed.run_once`` in a loop), the replication thread (with
   ``[failover]``: ``Pair.step`` every millisecond and on every datagram), the control thread
   (a unix socket, one JSON request per connection: ``{"cmd": "counters"}``,
-  ``{"cmd": "status"}``), and the main thread, which runs the 1 s sweep timer
+  ``{"cmd": "status"}``, and the operator's commands of ``dataplane.show``), and the main thread, which runs the 1 s sweep timer
   and waits for SIGTERM / SIGINT.
 - ``lock``: every core call holds it (the core is single-threaded); the feed
   holds it for one batch, waiting for packets outside it when the feed has a
   ``fileno()``.
-- log lines: ``ts level natpair[name] event key=value ...`` (``log_event``).
+- log lines: ``ts level natpair[name] event key=value ...`` (``log_event``; the shape is
+  dataplane/logline.py's, for every line, also those of the replication modules).
 """
 from __future__ import annotations
 
@@ -62,10 +63,9 @@ def log_event(level: int, event: str, **kv) -> None:
 
 
 def setup_logging(name: str, level: int = logging.INFO) -> None:
-    fmt = logging.Formatter(f"%(asctime)s.%(msecs)03d %(levelname)s natpair[{name}] %(message)s",
-                            datefmt="%Y-%m-%dT%H:%M:%S")
+    from dataplane.logline import KvFormatter     # one key=value shape for every line
     handler = logging.StreamHandler()
-    handler.setFormatter(fmt)
+    handler.setFormatter(KvFormatter(name))
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
     LOG.propagate = False
@@ -132,6 +132,7 @@ class Daemon:
         self._rules_on = False
         self._sock: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+        self.metrics = None             # dataplane.metrics.MetricsServer with [metrics]
         self.loop_errors = 0
         self._journal_overflow = 0
         self._next_overflow_check = 0
@@ -162,6 +163,9 @@ class Daemon:
             if cfg.failover is not None:
                 self._start_pair()
             self._sock = _bind_control(sock_path)
+            if cfg.metrics is not None:
+                from dataplane import metrics
+                self.metrics = metrics.serve(self, cfg.metrics)
         except BaseException:
             self._teardown()
             raise
@@ -215,7 +219,8 @@ class Daemon:
         steps = [("sysctls", self.sysctls.restore)]
         if self._rules_on:
             steps.append(("rules", kernel.remove_rules))
-        steps += [("feed", self._close_feed), ("pair", self._close_pair), ("socket", self._close_socket)]
+        steps += [("metrics", self._close_metrics), ("feed", self._close_feed),
+                  ("pair", self._close_pair), ("socket", self._close_socket)]
         for what, step in steps:
             try:
                 step()
@@ -224,6 +229,11 @@ class Daemon:
                 log_event(logging.ERROR, "error", where=f"stop/{what}", error=e)
         self._rules_on = False
         return ok
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     def _close_feed(self) -> None:
         if self.feed is not None:
@@ -385,7 +395,12 @@ class Daemon:
                 status.update(role=st["role"], peer=st["peer"], failover=st,
                               vips=[c for _, c in self.vips.vips] if self.pair.role.is_active else [])
             return status
-        return {"ok": False, "error": f"unknown cmd {cmd!r} (known: counters, status)"}
+        from dataplane import show        # the operator's commands (show, clear, failover)
+        reply = show.answer(self, req if isinstance(req, dict) else {})
+        if reply is not None:
+            return reply
+        return {"ok": False, "error": f"unknown cmd {cmd!r} (known: counters, status, "
+                                      f"{', '.join(show.COMMANDS)})"}
 
 
 class _PairActions:
@@ -461,12 +476,12 @@ def _bind_control(path: Path) -> socket.socket:
     return s
 
 
-def request(path: str, cmd: str, timeout: float = 5.0) -> dict:
-    """One request to a running unit's control socket."""
+def request(path: str, cmd: str, timeout: float = 5.0, **args) -> dict:
+    """One request to a running unit's control socket (``args``: the command's fields)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         s.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := s.recv(65536):

@@ -14,7 +14,7 @@ it every millisecond or when a datagram arrives). Names used:
   a standby (any other time they are dropped: a joining standby bulk-syncs). States of
   destination port 80 are not replicated unless ``http_replication``.
 - the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
-  flags bit 0 = yielding, our poll/hold, table size and bulk progress. Hellos only go over
+  flags bit 0 = yielding, bit 1 = wants the active role (switchover.py), our poll/hold, table size and bulk progress. Hellos only go over
   the failover link (hellos on the data interfaces are not implemented: the detector's
   data paths stay silent, so a cut failover link looks like a dead peer).
 - bulk on the wire: BulkRequest = UPDATE_REQUEST(0, 0, request); BulkStart = BULK_START;
@@ -45,6 +45,8 @@ from replication.detect import FAILOVER, Detector
 from replication.fsm import LOG, monotonic_ms
 from replication.lag import LagHistogram
 from replication.role import STANDBY_STATES, Actions, Role, RoleState
+from replication.switchover import F_WANTS_ACTIVE, Switchover
+from replication.tables import TableStats, applied
 from replication.transport import FtfwTransport
 from replication.udp import UdpLink
 from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, UPDATE,
@@ -102,6 +104,8 @@ class Pair:
         self._set_transport()
         self.table_size = 0
         self.lag = LagHistogram()      # filled on the active as the standby acks (see lag.py)
+        self.tables = TableStats()     # per replicated table: sent, received, errors
+        self.switchover = Switchover(self)   # natpair failover active|standby
 
     # ---- the link ----
 
@@ -136,6 +140,7 @@ class Pair:
         """Journal changes, from the thread that holds the core (the feed thread)."""
         if len(self._offered) + len(changes) > OFFER_MAX:
             self.counters["offer_overflow"] += len(changes)
+            self.tables.refused_changes(changes)
             return
         self._offered.extend(changes)
         self.counters["offered"] += len(changes)
@@ -151,6 +156,7 @@ class Pair:
 
     def step(self, now: int | None = None) -> None:
         now = self.clock() if now is None else now
+        self.switchover.step(now)
         self._submit(now)
         restarted = self.transport.counters["rx_peer_restarted"]
         self.link.pump(now)                     # receive (hellos act at once), then timers
@@ -162,7 +168,7 @@ class Pair:
             self._import()
         for path in self.detector.hellos_due():
             if path == FAILOVER:
-                self.transport.send_unreliable(HELLO, (self._hello(),), now)
+                self.send_hello(now)
         for event, reason in self.detector.poll():
             if event.name == "PEER_SILENT":
                 self.sender.abort("peer silent")
@@ -170,6 +176,14 @@ class Pair:
             self.role.on_detect(event, reason)
         self._bulk(now)
         self.transport.poll(now)
+
+    def send_hello(self, now: int) -> None:
+        self.transport.send_unreliable(HELLO, (self._hello(),), now)
+        self.tables.sent(HELLO)
+
+    def submit_offered(self, now: int) -> None:
+        """The offered journal changes into the stream now (the switchover's last drain)."""
+        self._submit(now)
 
     def _submit(self, now: int) -> None:
         offered, tr = self._offered, self.transport
@@ -186,6 +200,7 @@ class Pair:
                 continue
             tr.submit(ch, now)
             self.counters["submitted"] += 1
+            self.tables.sent_change(ch)
 
     def _hello(self) -> wire.Hello:
         if self.role.is_active:
@@ -194,8 +209,9 @@ class Pair:
         else:
             p = self.requester.progress()
             done, total = p["received"], p["total"]
-        return wire.Hello(self.role.state.value, self.role.priority,
-                          F_YIELDING if self.role.yielding else 0, self.detector.poll_ms,
+        flags = ((F_YIELDING if self.role.yielding else 0)
+                 | (F_WANTS_ACTIVE if self.switchover.wanting else 0))
+        return wire.Hello(self.role.state.value, self.role.priority, flags, self.detector.poll_ms,
                           self.detector.hold_ms, self.table_size & 0xFFFFFFFF,
                           done & 0xFFFFFFFF, total & 0xFFFFFFFF)
 
@@ -208,11 +224,14 @@ class Pair:
                 self.counters["bad_hello"] += 1
                 return
             self.detector.hello(FAILOVER)
+            self.tables.received(HELLO)
             new_peer = self.role.peer is None
             self.role.on_peer(state, rec.state, self.transport.codec.last_unit,
                               bool(rec.flags & F_YIELDING))
             if new_peer and self.role.is_active and state is not RoleState.ACTIVE:
                 self._reannounce("peer heard again")
+            if rec.flags & F_WANTS_ACTIVE:
+                self.switchover.peer_wants_active(self.clock())
             return
         self._inbox.append((action, rec))
 
@@ -220,8 +239,12 @@ class Pair:
         inbox, self._inbox = self._inbox, []
         with self.lock:
             self.core.set_clock(self.clock())
+            rc = self.requester.counters
             for action, rec in inbox:
+                before = applied(rc, action)
                 self._import_one(action, rec)
+                self.tables.received(action, rec, before is not None and applied(rc, action) == before
+                                     and not self.role.is_active)
             self.table_size = self.core.state_count
 
     def _import_one(self, action: int, rec) -> None:
@@ -258,6 +281,7 @@ class Pair:
             with self.lock:
                 r.request("joining an active peer")
         for msg in r.poll():
+            self.tables.sent(UPDATE_REQUEST)
             self.transport.send(UPDATE_REQUEST, wire.UpdateRequest(0, 0, msg.request), now)
         if self.sender.state is bulk.SenderState.SENDING and self.transport.pending < BULK_PENDING_MAX:
             with self.lock:
@@ -270,6 +294,7 @@ class Pair:
         tr = self.transport
         if isinstance(msg, bulk.BulkStart):
             self._bulk_tx_sent = 0
+            self.tables.sent(BULK_START)
             tr.send(BULK_START, wire.BulkStart(msg.request, msg.total), now)
         elif isinstance(msg, bulk.BulkChunk):
             for rec in msg.records:
@@ -278,7 +303,9 @@ class Pair:
                     continue
                 tr.send(BULK_STATE, rec, now)
                 self._bulk_tx_sent += 1
+                self.tables.sent(BULK_STATE)
         elif isinstance(msg, bulk.BulkEnd):
+            self.tables.sent(BULK_END)
             tr.send(BULK_END, wire.BulkEnd(msg.request, self._bulk_tx_sent,
                                            wire.BULK_OK if msg.ok else wire.BULK_ABORTED), now)
 

@@ -375,3 +375,42 @@ def test_bad_failover_names_file_line_and_key(tmp_path, edit, line, key, problem
     e = refused(tmp_path, edit(GOOD + FAILOVER))
     assert (e.line, e.key) == (line, key), str(e)
     assert problem in e.problem, str(e)
+
+
+def test_metrics_is_optional_and_loads(tmp_path):
+    assert config.load(write(tmp_path, GOOD)).metrics is None
+    c = config.load(write(tmp_path, GOOD + '\n[metrics]\nlisten = "127.0.0.1:9477"\n'))
+    assert c.metrics == config.Metrics("127.0.0.1", 9477)
+
+
+L_LISTEN = GOOD.count("\n") + 3
+BAD_METRICS = [
+    ("no port", 'listen = "127.0.0.1"', L_LISTEN, "metrics.listen", "must be \"address:port\""),
+    ("port 0", 'listen = "0.0.0.0:0"', L_LISTEN, "metrics.listen", "port 1..65535"),
+    ("bad address", 'listen = "localhost:9477"', L_LISTEN, "metrics.listen", "bad IPv4 address"),
+    ("unknown key", 'path = "/m"', L_LISTEN, "metrics.path", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("line_text,line,key,problem", [b[1:] for b in BAD_METRICS],
+                         ids=[b[0] for b in BAD_METRICS])
+def test_bad_metrics_names_file_line_and_key(tmp_path, line_text, line, key, problem):
+    e = refused(tmp_path, GOOD + f"\n[metrics]\n{line_text}\n")
+    assert (e.line, e.key) == (line, key), str(e)
+    assert problem in e.problem, str(e)
+
+
+@pytest.mark.parametrize("name,peer,priority", [("fw1", "192.168.255.2", 110), ("fw2", "192.168.255.1", 100)])
+def test_real_host_examples_load(tmp_path, name, peer, priority):
+    """examples/pair/: the two real machines' configs, with a key made beside them."""
+    import secrets
+    from pathlib import Path
+    (tmp_path / "failover.key").write_text(secrets.token_hex(32) + "\n")
+    src = Path("examples/pair") / f"{name}.toml"
+    c = config.load(write(tmp_path, src.read_text(), f"{name}.toml"))
+    assert c.unit.name == name and c.unit.netns is None
+    assert (c.interfaces.inside, c.interfaces.outside, c.failover.interface) == ("ens1f0", "ens1f1", "ens2")
+    assert c.failover.peer == (peer, 7788) and c.failover.priority == priority
+    assert [v.address for v in c.failover.vips] == ["10.1.0.1/24", "203.0.113.10/24"]
+    assert c.metrics == config.Metrics("127.0.0.1", 9477)
+    assert c.control.socket == f"/run/natpair/{name}.sock"

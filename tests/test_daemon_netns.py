@@ -25,7 +25,7 @@ PORTS = (20000, 29999)
 SYSCTLS = ["net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/in0/rp_filter",
            "net/ipv4/conf/out0/rp_filter", "net/ipv4/conf/in0/accept_local",
            "net/ipv4/conf/out0/accept_local"]
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} (INFO|WARNING|ERROR) natpair\[(\S+)\] (\w+)( \w+=\S+)*$")
+from dataplane.logline import LINE as LOG_LINE      # noqa: E402  (the shape of every line)
 
 
 def _cli(*args) -> subprocess.CompletedProcess:

@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import build, nsexec
+from . import build, nsexec, plot
 from .topology import (DEFAULT_PREFIX, FW_A, FW_B, HOST, NAT_ADDR, SERVER, SERVER_ADDR, UNITS,
                        Topology, lab)
 from dataplane.daemon import request
@@ -290,8 +290,8 @@ def _stream_argv(mode: str, proto: str, port: int, seconds: float) -> list[str]:
 
 
 def _popen(ns: str, argv: list[str]) -> subprocess.Popen:
-    return nsexec.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+    return plot.keep_output(nsexec.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, cwd=str(REPO)))
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -363,8 +363,9 @@ def _ping_result(p: subprocess.Popen) -> FlowResult:
 
 
 def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds: int,
-                 kill_after: float, log=print) -> list[FlowResult]:
-    """Every flow at once, the active killed after `kill_after` s; what each flow saw."""
+                 kill_after: float, log=print, picture: Path | None = None) -> list[FlowResult]:
+    """Every flow at once, the active killed after `kill_after` s; what each flow saw.
+    With `picture`, the continuity picture (scripts/lab/plot.py) is drawn there."""
     host, srv = topo.ns(HOST), topo.ns(SERVER)
     flow_s = kill_after + 5
     sinks = {proto: _popen(srv, _stream_argv("sink", proto, port, flow_s + 5))
@@ -373,6 +374,7 @@ def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds
         assert p.stdout.readline().strip() == "ready", p.stderr.read()
     dest = rdir / "in-host-download.bin"
     rate = max(1, (file_mb << 20) // int(flow_s + 2))
+    started = time.time()
     procs = {
         "tcp": _popen(host, ["iperf3", "-c", SERVER_ADDR, "-p", str(IPERF_PORT), "-J", "-i", "0.1",
                              "--connect-timeout", "3000", "-t", str(tcp_seconds)]),
@@ -380,14 +382,21 @@ def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds
                               str(rate), "-o", str(dest), f"http://{SERVER_ADDR}:{HTTP_PORT}/{BLOB}"]),
         "udp": _popen(host, _stream_argv("send", "udp", STREAM_UDP_PORT, flow_s)),
         "tcp-seq": _popen(host, _stream_argv("send", "tcp", STREAM_TCP_PORT, flow_s)),
-        "ping": _popen(host, ["ping", "-n", "-i", str(PING_INTERVAL_S), "-W", "1", "-c",
-                              str(int(flow_s / PING_INTERVAL_S)), SERVER_ADDR]),
+        "ping": plot.drain_output(_popen(host, ["ping", "-n", "-D", "-i", str(PING_INTERVAL_S), "-W",
+                                                "1", "-c", str(int(flow_s / PING_INTERVAL_S)),
+                                                SERVER_ADDR])),
     }
     time.sleep(kill_after)
-    kill_active(topo, log=log)
-    return [_iperf_result(procs["tcp"]), _curl_result(procs["curl"], dest, sha),
-            _stream_result("udp", sinks["udp"], procs["udp"]),
-            _stream_result("tcp-seq", sinks["tcp"], procs["tcp-seq"]), _ping_result(procs["ping"])]
+    killed = time.time()
+    _, _, took_ms = kill_active(topo, log=log)
+    results = [_iperf_result(procs["tcp"]), _curl_result(procs["curl"], dest, sha),
+               _stream_result("udp", sinks["udp"], procs["udp"]),
+               _stream_result("tcp-seq", sinks["tcp"], procs["tcp-seq"]), _ping_result(procs["ping"])]
+    if picture is not None:
+        active = None if took_ms != took_ms else killed + took_ms / 1000      # NaN: nobody left
+        plot.lab_picture(picture, kill=killed, active=active, tcp_started=started, procs=procs,
+                         sinks=sinks, results=results)
+    return results
 
 
 def failover_report(results: list[FlowResult], feed: str) -> str:
@@ -451,14 +460,16 @@ def main(argv: list[str] | None = None) -> int:
             sha = make_blob(rdir / "www" / BLOB, args.file_mb)
             start_pair(topo, args.feed, poll_ms=args.poll_ms, hold_ms=args.hold_ms)
             start_servers(topo, rdir)
+            picture = rdir / "continuity.png"
             results = failover_run(topo, rdir, sha, args.file_mb, args.tcp_seconds or 20,
-                                   args.kill_after)
+                                   args.kill_after, picture=picture)
         except Exception as e:
             print(f"natpair lab: {e}\nThe lab is left as it is, to look at; remove it with: "
                   f"{down_hint}", file=sys.stderr)
             return 1
         print()
         print(failover_report(results, args.feed))
+        print(f"  picture (throughput, UDP per 10 ms, ping RTT; kill and gaps marked): {picture}")
         print()
         print(f"The lab stays up: {' '.join(n for n in topo.namespaces() if n in build.existing_namespaces())}\n"
               f"  the survivor is active alone; logs and configs: {rdir}\n"

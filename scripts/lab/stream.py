@@ -6,7 +6,9 @@ Two small programs, run with ``python -m scripts.lab.stream`` inside the lab's n
           prints "ready", then receives 16-byte records (seq u64, send time ns u64) until
           S seconds passed (or the TCP peer closed), and prints one JSON line: received,
           the largest gap between two arrivals (ms), the source ports seen (first, last,
-          distinct count), whether the TCP connection was reset.
+          distinct count), whether the TCP connection was reset, and the arrivals per
+          10 ms from the first one on (``timeline``: first_unix, bin_ms, counts, gaps_unix; the lab's
+          picture, scripts/lab/plot.py, draws it).
     send  --proto udp|tcp --to ADDR --port P --pps N --seconds S
           sends N records a second for S seconds (one TCP connection, or one UDP socket:
           the NAT port must stay the same), then prints one JSON line: sent, error.
@@ -23,6 +25,7 @@ import sys
 import time
 
 REC = struct.Struct("!QQ")
+TOP_GAPS = 8
 
 
 def sink(proto: str, bind: str, port: int, seconds: float) -> dict:
@@ -76,7 +79,24 @@ def sink(proto: str, bind: str, port: int, seconds: float) -> dict:
                 buf = buf[n * REC.size:]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     return {"received": len(arrivals), "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
-            "ports": ports[:1] + ports[-1:], "distinct_ports": len(set(ports)), "reset": reset}
+            "ports": ports[:1] + ports[-1:], "distinct_ports": len(set(ports)), "reset": reset,
+            "timeline": timeline(arrivals)}
+
+
+def timeline(arrivals: list[float], bin_s: float = 0.010) -> dict:
+    """Arrivals (monotonic s) as counts per bin from the first one, its wall-clock time, and
+    the TOP_GAPS largest gaps between two arrivals, largest first (wall clock, both ends):
+    on a loaded machine the largest is not always the one the kill made."""
+    if not arrivals:
+        return {"first_unix": None, "bin_ms": bin_s * 1000, "counts": [], "gaps_unix": []}
+    first = arrivals[0]
+    counts = [0] * (int((arrivals[-1] - first) / bin_s) + 1)
+    for a in arrivals:
+        counts[int((a - first) / bin_s)] += 1
+    to_wall = time.time() - time.monotonic()
+    gaps = sorted(zip(arrivals, arrivals[1:]), key=lambda ab: ab[0] - ab[1])[:TOP_GAPS]
+    return {"first_unix": first + to_wall, "bin_ms": bin_s * 1000, "counts": counts,
+            "gaps_unix": [[a + to_wall, b + to_wall] for a, b in gaps]}
 
 
 def send(proto: str, to: str, port: int, pps: int, seconds: float) -> dict:
