@@ -234,8 +234,14 @@ class Daemon:
     def _start_pair(self) -> None:
         from dataplane.vips import VirtualAddresses
         from replication.pair import Pair
+        from replication.wire import MAX_DATAGRAM, datagram_size
 
         fo = self.cfg.failover
+        # replication datagrams as large as the failover leg carries whole (a jumbo link:
+        # 85 bulk states per datagram); both units' legs need the same MTU
+        mtu = kernel.link_mtu(fo.interface)
+        max_datagram = datagram_size(mtu) if mtu else MAX_DATAGRAM
+        log_event(logging.INFO, "failover", interface=fo.interface, mtu=mtu, datagram=max_datagram)
         # the replication thread must not wait a whole 5 ms GIL slice behind the feed
         # thread's Python between batches: hellos and the takeover are timed in ms
         sys.setswitchinterval(GIL_SWITCH_S)
@@ -247,7 +253,7 @@ class Daemon:
                          local=fo.local, peer=fo.peer, priority=fo.priority, poll_ms=fo.poll_ms,
                          hold_ms=fo.hold_ms, preempt=fo.preempt,
                          http_replication=fo.http_replication, actions=_PairActions(self),
-                         name=self.name)
+                         max_datagram=max_datagram, name=self.name)
 
     def _close_pair(self) -> None:
         if self.pair is not None:

@@ -63,7 +63,7 @@ HTTP_PORT = 80
 TCP = 6
 F_YIELDING = 0x01
 BULK_PENDING_MAX = 64           # items queued in the transport before the bulk sender waits
-BULK_INFLIGHT = 128             # unacked messages before the bulk sender waits (~1 MB jumbo)
+BULK_INFLIGHT = 32             # unacked messages before the bulk sender waits (~290 KB jumbo)
 BULK_CHUNKS_PER_STEP = 16       # datagrams of bulk records read per step
 OFFER_MAX = 1 << 20             # journal changes waiting for the loop (then: dropped, counted)
 REQUEST_AGAIN_MS = 1000         # a failed bulk sync is asked for again after this long
@@ -285,6 +285,7 @@ class Pair:
         if (self.sender.state is bulk.SenderState.SENDING and tr.pending < BULK_PENDING_MAX
                 and tr.unacked < BULK_INFLIGHT):
             with self.lock:
+                self.core.set_clock(self.clock())   # the records' timers are relative to it
                 msgs = self.sender.poll()
                 self.table_size = self.core.state_count
             for msg in msgs:

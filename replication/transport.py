@@ -12,8 +12,13 @@ channel, and replication/udp.py puts it on a socket. Names used:
   keep their place in the queue;
 - *unacked*: sent stream messages kept (as sections) until the peer's cumulative ack;
 - sender: flushes pending when a datagram is full or ``flush_ms`` (<= 1 ms) after the oldest
-  pending change; retransmits what a NACK names and, after ``rto_ms`` without an ack, what
-  is still unacked (backing off up to 8x); at most ``window`` messages in flight; a NACK of
+  pending change; retransmits what a NACK names and, after the retransmission timeout
+  without an ack, what is still unacked (backing off up to 8x). The timeout adapts to
+  the round trip as TCP's does (RFC 6298: srtt + 4 x rttvar, samples only from messages
+  sent once, doubled by a timeout until the next sample, at least ``rto_ms``, at most
+  ``RTO_MAX_MS``): a bulk sync queues messages at
+  a busy standby for longer than the idle link's few ms, and resending them then only
+  doubles its work; at most ``window`` messages in flight; a NACK of
   seqs it no longer holds gets a SKIP (the receiver must bulk sync, ``on_resync``);
 - receiver: delivers records in stream order to ``deliver(action, record)``, keeps
   out-of-order messages (up to ``window``), acks cumulatively within ``ack_delay_ms``, and
@@ -45,6 +50,9 @@ TRANSPORT_COUNTERS = (
     "tx_acks", "tx_nacks", "tx_skips", "tx_errors", "rx_records", "rx_duplicates", "rx_out_of_order",
     "rx_out_of_window", "rx_nacks", "rx_skips", "rx_bad_ack", "rx_peer_restarted",
     "deliver_errors")
+
+
+RTO_MAX_MS = 200
 
 
 def seq_diff(a: int, b: int) -> int:
@@ -104,6 +112,9 @@ class FtfwTransport:
         self._on_acked = on_acked
         self.flush_ms, self.rto_ms, self.nack_ms, self.ack_delay_ms = flush_ms, rto_ms, nack_ms, ack_delay_ms
         self.window, self.burst = window, burst
+        self.rto = float(rto_ms)        # the current retransmission timeout
+        self._srtt: float | None = None
+        self._rttvar = 0.0
         self.counters = codec.counters
         for name in TRANSPORT_COUNTERS:
             self.counters.bump(name, 0)
@@ -248,20 +259,33 @@ class FtfwTransport:
         self.counters.bump("tx_retransmits")
         self._emit(F_RELIABLE, ent.sections, now_ms, seq)
 
-    def _on_ack(self, upto: int) -> None:
+    def _on_ack(self, upto: int, now_ms: int) -> None:
         if seq_diff(upto, self._tx_next) >= 0:
             self.counters.bump("rx_bad_ack")        # acks what was never sent
             return
         offers: list[float] = []
+        sample = None
         while self._unacked:
             seq = next(iter(self._unacked))
             if seq_diff(seq, upto) > 0:
                 break
             ent = self._unacked.pop(seq)
+            if ent.sends == 1:
+                sample = now_ms - ent.last_ms       # the newest message acked: its round trip
             if ent.offers:
                 offers.extend(ent.offers)
+        if sample is not None:
+            self._rtt_sample(sample)
         if offers and self._on_acked is not None:
             self._on_acked(offers)
+
+    def _rtt_sample(self, rtt: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = rtt, rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+        self.rto = min(max(float(self.rto_ms), self._srtt + 4 * self._rttvar), RTO_MAX_MS)
 
     def _on_nack(self, first: int, last: int, now_ms: int) -> None:
         self.counters.bump("rx_nacks")
@@ -293,7 +317,7 @@ class FtfwTransport:
             self._last_nack_ms = None
         mine = msg.peer_epoch == self.codec.epoch
         if msg.flags & F_ACK and mine:
-            self._on_ack(msg.ack)
+            self._on_ack(msg.ack, now_ms)
         for action, recs in msg.sections:
             if action != ACK:
                 continue
@@ -303,7 +327,7 @@ class FtfwTransport:
                 elif not mine:
                     continue
                 elif r.kind == ACK_CUMULATIVE:
-                    self._on_ack(r.last)
+                    self._on_ack(r.last, now_ms)
                 else:
                     self._on_nack(r.first, r.last, now_ms)
         if msg.reliable:
@@ -432,9 +456,11 @@ class FtfwTransport:
         for seq, ent in list(self._unacked.items()):
             if sent >= self.burst:
                 break
-            if now_ms - ent.last_ms >= self.rto_ms * min(1 << (ent.sends - 1), 8):
+            if now_ms - ent.last_ms >= self.rto * min(1 << (ent.sends - 1), 8):
                 self._resend(seq, ent, now_ms)
                 sent += 1
+        if sent:        # back off until a message sent once is acked (Karn, RFC 6298 5.5)
+            self.rto = min(self.rto * 2, RTO_MAX_MS)
         if self.peer_epoch is not None:
             if self._ack_due_since is not None and now_ms - self._ack_due_since >= self.ack_delay_ms:
                 self._send_ack(now_ms)

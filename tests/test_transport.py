@@ -441,3 +441,23 @@ def test_packed_bulk_records_and_markers_carry_no_offer_time():
     assert p.a.counters["tx_records"] == 4 and p.b.counters["rx_records"] == 4
     with pytest.raises(ValueError):                  # a run must fit one datagram
         p.a.send(BULK_STATE, Packed(13, bytes(13 * 104)), p.now)
+
+
+def test_the_retransmission_timeout_follows_the_round_trip():
+    """A standby that takes 20 ms to answer (a bulk sync queued at it) is not sent everything
+    again every 5 ms: after the first round trips the timeout is above the round trip."""
+    p = Pair()
+    p.ab.delay_ms = p.ba.delay_ms = 10
+    for i in range(300):
+        p.a.submit(Change("delete", A_UNIT, i + 1, None), p.now)
+        p.tick()
+    p.settle()
+    assert p.a.rto >= 20                                 # the round trip: 2 x 10 ms + the ack delay
+    assert p.a.counters["tx_retransmits"] <= 40   # the first round trips only (a fixed 5 ms: 600)
+    fixed = Pair(rto_ms=5)
+    fixed.ab.delay_ms = fixed.ba.delay_ms = 1
+    for i in range(50):
+        fixed.a.submit(Change("delete", A_UNIT, i + 1, None), fixed.now)
+        fixed.tick()
+    fixed.settle()
+    assert fixed.a.rto == 5 and fixed.a.counters["tx_retransmits"] == 0   # a fast link keeps 5 ms
