@@ -18,7 +18,7 @@ Owns the unit's life cycle and its threads. Names used:
 - threads: the feed thread (``feed.run_once`` in a loop), the replication thread (with
   ``[failover]``: ``Pair.step`` every millisecond and on every datagram), the control thread
   (a unix socket, one JSON request per connection: ``{"cmd": "counters"}``,
-  ``{"cmd": "status"}``), and the main thread, which runs the 1 s sweep timer
+  ``{"cmd": "status"}``, ``{"cmd": "export"}``: the table as wire records), and the main thread, which runs the 1 s sweep timer
   and waits for SIGTERM / SIGINT.
 - ``lock``: every core call holds it (the core is single-threaded); the feed
   holds it for one batch, waiting for packets outside it when the feed has a
@@ -27,6 +27,7 @@ Owns the unit's life cycle and its threads. Names used:
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from dataplane.config import Config, ConfigError
 
 SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
 JOURNAL_DRAIN = 1024       # journal changes per drain call
+EXPORT_RUN = 4096          # states exported per hold of the core lock (control "export")
 REPLICATION_TICK_MS = 1    # the replication loop runs at least this often
 REPLICATION_RT_PRIORITY = 10   # SCHED_FIFO for the replication thread (when allowed)
 OVERFLOW_CHECK_MS = 100   # how often the journal's overflow counter is looked at
@@ -391,7 +393,24 @@ class Daemon:
                 status.update(role=st["role"], peer=st["peer"], failover=st,
                               vips=[c for _, c in self.vips.vips] if self.pair.role.is_active else [])
             return status
-        return {"ok": False, "error": f"unknown cmd {cmd!r} (known: counters, status)"}
+        if cmd == "export":
+            return self._export()
+        return {"ok": False, "error": f"unknown cmd {cmd!r} (known: counters, status, export)"}
+
+    def _export(self) -> dict:
+        """The table as the replication wire carries it (base64 of 104-byte records, slot
+        order): what a bulk sync sends. Read in runs, the core released between them, so
+        it is a snapshot only of a quiet table (tests compare the two units with it)."""
+        cursor, parts = None, []
+        while cursor is None or not cursor.done:
+            with self.lock:
+                self.core.set_clock(monotonic_ms())
+                cursor = cursor or self.core.wire_cursor()
+                parts.append(cursor.next(EXPORT_RUN))
+        data = b"".join(parts)
+        from dataplane.core import WIRE_STATE_SIZE
+        return {"ok": True, "name": self.name, "states": len(data) // WIRE_STATE_SIZE,
+                "records": base64.b64encode(data).decode()}
 
 
 class _PairActions:
