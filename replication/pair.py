@@ -2,9 +2,10 @@
 
 Owns ``Pair``, which holds the failover link (udp.UdpLink with its FtfwTransport), the
 failure detector (detect.Detector), the role (role.Role) and both bulk sync ends
-(bulk.BulkSender over ``core.export``, bulk.BulkRequester into ``core.import_*``), and
-``step(now_ms)``, one turn of the replication loop (the daemon's replication thread calls
-it every millisecond or when a datagram arrives). Names used:
+(bulk.BulkSender over ``core.wire_cursor``, bulk.BulkRequester into ``core.import_wire``
+and ``core.import_*``), and ``step(now_ms)``, one turn of the replication loop (the
+daemon's replication thread calls it every millisecond or when a datagram arrives). Names
+used:
 
 - ``core_lock``: the daemon's lock around the core (an RLock: a role action may run while
   the loop holds it). Every core call here holds it; the transport and the machines are
