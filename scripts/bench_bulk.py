@@ -11,7 +11,9 @@ Owns two figures, each at 100k and 1M states (``BENCH_BULK_SIZES``):
    requests the table and is timed from its request to BULK_END imported (the figure its
    status shows as bulk_recv.elapsed_ms), at 1400-byte datagrams (a 1500 MTU failover link)
    and 8972 (MTU 9000). The standby's table is then checked against the active's: every
-   field of every state, the two relative timers within 2 s.
+   field of every state, the two relative timers within 2 s. Also printed: the CPU seconds
+   of each side's replication thread (on a loaded machine the wall clock says more about
+   the other jobs; the larger CPU figure is about what the bulk takes on idle cores).
 
 The states are made by real packets through the active's core: UDP flows from 250 ports of
 4000 inside hosts to one server, source-NATed over 32 pool addresses. Run from the repository
@@ -159,11 +161,15 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def loop(pair: Pair, stop: threading.Event) -> None:
+def loop(pair: Pair, stop: threading.Event, cpu: list) -> None:
+    """The replication thread; ``cpu[0]``: the CPU seconds it used (not the wall clock: on a
+    loaded machine that is what stays comparable)."""
     fd = pair.fileno()
+    t0 = time.thread_time()
     while not stop.is_set():
         select.select([fd], [], [], 0.001)
         pair.step()
+        cpu[0] = time.thread_time() - t0
 
 
 def standby(n: int, ports, max_datagram: int, conn) -> None:
@@ -171,14 +177,14 @@ def standby(n: int, ports, max_datagram: int, conn) -> None:
     pair = Pair(core, threading.RLock(), unit_id=2, key=KEY, local=("127.0.0.1", ports[1]),
                 peer=("127.0.0.1", ports[0]), hold_ms=2000, max_datagram=max_datagram, name="b")
     pair.start()
-    stop = threading.Event()
-    threading.Thread(target=loop, args=(pair, stop), daemon=True).start()
+    stop, cpu = threading.Event(), [0.0]
+    threading.Thread(target=loop, args=(pair, stop, cpu), daemon=True).start()
     end = time.monotonic() + 120
     while pair.role.state.name != "STANDBY_READY" and time.monotonic() < end:
         time.sleep(0.01)
     p = pair.requester.progress()
     stop.set()
-    conn.send((pair.role.state.name, p["elapsed_ms"], p["received"], p["counters"],
+    conn.send((pair.role.state.name, p["elapsed_ms"], p["received"], cpu[0],
                dict(pair.transport.counters.as_dict())))
     conn.recv()                             # both tables are read at the same moment
     with pair.lock:
@@ -193,16 +199,18 @@ def bench_pair(n: int, max_datagram: int, active_core: Core) -> None:
     pair = Pair(active_core, threading.RLock(), unit_id=1, key=KEY, local=("127.0.0.1", ports[0]),
                 peer=("127.0.0.1", ports[1]), hold_ms=200, max_datagram=max_datagram, name="a")
     pair.start()
-    stop = threading.Event()
-    t = threading.Thread(target=loop, args=(pair, stop), daemon=True)
+    stop, cpu = threading.Event(), [0.0]
+    t = threading.Thread(target=loop, args=(pair, stop, cpu), daemon=True)
     t.start()
     while not pair.role.is_active:
         time.sleep(0.01)
     pair.detector.hold_ms = 2000            # a busy standby must not look dead
+    cpu_start = cpu[0]
     here, there = mp.Pipe()
     child = mp.get_context("fork").Process(target=standby, args=(n, ports, max_datagram, there))
     child.start()
-    state, elapsed_ms, received, counters, tcounters = here.recv()
+    state, elapsed_ms, received, standby_cpu, tcounters = here.recv()
+    active_cpu = cpu[0] - cpu_start
     here.send("export")
     with pair.lock:
         active_core.set_clock(monotonic_ms())
@@ -216,7 +224,8 @@ def bench_pair(n: int, max_datagram: int, active_core: Core) -> None:
     per = (max_datagram - wire.OVERHEAD - wire.SECTION.size) // WIRE_STATE_SIZE
     print(f"  {n:>9,} states  datagram {max_datagram:>5} B ({per:>2} states): {state}, "
           f"bulk {elapsed_ms:>6} ms, received {received:,}, table "
-          f"{'identical' if diff is None else 'DIFFERENT: ' + diff}; active retransmits "
+          f"{'identical' if diff is None else 'DIFFERENT: ' + diff}; CPU s active "
+          f"{active_cpu:.2f} standby {standby_cpu:.2f}; active retransmits "
           f"{pair.transport.counters['tx_retransmits']}, standby nacks {tcounters.get('tx_nacks', 0)}",
           flush=True)
 
