@@ -5,7 +5,7 @@
 #   make build       the cffi extension dataplane/_core*.so, in place
 #   make test        pytest on tests/, then a short fuzz run (as root: netns tests too)
 #   make fuzz        the libFuzzer target for FUZZ_SECONDS (default 300)
-#   make bench       scripts/bench_core.py
+#   make bench       scripts/bench_core.py, then scripts/bench_bulk.py (bulk sync: C vs Python, two Pairs)
 #   make bench-unit  fw-a vs kernel forwarding and kernel NAT, in its own lab (as root)
 #   make lab         the namespace lab: build, start the pair, traffic, kill the active, report
 #                    and the continuity picture (a PNG; as root)
@@ -110,6 +110,7 @@ fuzz-short: $(FUZZ_BIN)
 
 bench: build
 	$(VPY) scripts/bench_core.py
+	$(VPY) scripts/bench_bulk.py
 
 # BENCH_UNIT_ARGS: e.g. --rounds 3, --modes natpair-c,kernel-nat, --tests tcp1,udp64
 bench-unit: build

@@ -208,6 +208,33 @@ int np_core_import(struct np_core *c, const struct np_state_rec *rec);
 int np_core_import_delete(struct np_core *c, uint32_t creator, uint64_t id);
 int np_core_delete(struct np_core *c, uint32_t creator, uint64_t id);
 
+/* ---- states in the replication wire's form (np_wire.c) ----
+ * A 104-byte record in network byte order, field for field np_state_rec (replication/wire.py
+ * STATE, pads zero). np_core_export_wire() writes up to `max` records of the states from
+ * *cursor on (slot order, as np_core_export), leaving out TCP states whose service port is
+ * skip_port (0: none; counted in *skipped if not NULL); *cursor becomes NP_CURSOR_END once
+ * the table is exhausted. np_core_import_wire() imports len / 104 records, each checked
+ * (pads, then np_core_import's checks) before it changes anything; a bad record is refused
+ * and counted and the next one imported; returns the records imported, the outcome of
+ * each in *res (a torn tail is one invalid record). */
+#define NP_WIRE_STATE_SIZE 104
+#define NP_CURSOR_END 0xFFFFFFFF
+
+struct np_import_result {
+    uint32_t imported;
+    uint32_t invalid;           /* bad pad or np_core_import's NP_EINVAL */
+    uint32_t conflict;          /* NP_ECONFLICT: a key or NAT mapping already taken */
+    uint32_t full;              /* NP_EFULL */
+    uint32_t other;
+};
+
+uint32_t np_core_export_wire(struct np_core *c, uint32_t *cursor, uint8_t *out, uint32_t max,
+                             uint16_t skip_port, uint32_t *skipped);
+uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
+                             struct np_import_result *res);
+void np_wire_state_pack(const struct np_state_rec *r, uint8_t *out);
+int np_wire_state_unpack(const uint8_t *in, struct np_state_rec *r);
+
 uint32_t np_core_journal_drain(struct np_core *c, struct np_change *out, uint32_t max);
 uint32_t np_core_journal_pending(struct np_core *c);
 uint32_t np_core_resend_scan(struct np_core *c, uint32_t max);

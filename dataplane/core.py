@@ -9,6 +9,8 @@ C records and Python values. Names used:
 - ``Key`` / ``Peer`` / ``StateRecord``: a state as exported for a bulk sync
   and imported on the standby (addresses are ints, host order).
 - ``Change``: one journal entry (create, update, delete) for replication.
+- ``WireCursor`` / ``ImportResult``: a bulk sync's states in the replication wire's
+  104-byte form (``replication.wire.STATE``), exported and imported by runs in C.
 - ``NfQueue``: the C NFQUEUE reader (``struct np_feed``) bound to one queue,
   feeding one ``Core``; ``dataplane.feed`` drives it.
 """
@@ -204,6 +206,52 @@ class StateRecord:
         return r
 
 
+class ImportResult(NamedTuple):
+    """What ``Core.import_wire`` did with each record of a buffer."""
+    imported: int
+    invalid: int                     # a pad not zero, or a field the core refuses
+    conflict: int                    # a key or NAT mapping held by another state
+    full: int                        # no free state
+    other: int
+
+    @property
+    def rejected(self) -> int:
+        return self.invalid + self.conflict + self.full + self.other
+
+
+WIRE_STATE_SIZE = lib.NP_WIRE_STATE_SIZE
+
+
+class WireCursor:
+    """A walk over a core's states (slot order), each run returned as wire records.
+
+    ``next(max_records)`` gives the bytes of up to that many records (fewer at the end,
+    and b"" once ``done``); TCP states whose service port is ``skip_port`` are left out
+    and counted in ``skipped``. Hold the core's lock around each call."""
+
+    def __init__(self, core: "Core", skip_port: int = 0):
+        self._core, self._skip_port = core, skip_port
+        self._cursor = ffi.new("uint32_t *", 0)
+        self._skipped = ffi.new("uint32_t *", 0)
+        self._buf = ffi.new("uint8_t[]", 0)
+        self._cap = 0
+
+    @property
+    def done(self) -> bool:
+        return self._cursor[0] == lib.NP_CURSOR_END
+
+    @property
+    def skipped(self) -> int:
+        return self._skipped[0]
+
+    def next(self, max_records: int) -> bytes:
+        if max_records > self._cap:
+            self._buf, self._cap = ffi.new("uint8_t[]", max_records * WIRE_STATE_SIZE), max_records
+        n = lib.np_core_export_wire(self._core._c, self._cursor, self._buf, max_records,
+                                    self._skip_port, self._skipped)
+        return ffi.buffer(self._buf, n * WIRE_STATE_SIZE)[:]
+
+
 class Change(NamedTuple):
     kind: str                        # create / update / delete
     creator: int
@@ -355,6 +403,32 @@ class Core:
 
     def delete(self, creator: int, id: int) -> None:
         _check(lib.np_core_delete(self._c, creator, id), f"delete of state {creator}/{id}")
+
+    def wire_cursor(self, skip_port: int = 0) -> WireCursor:
+        """A cursor exporting the table as wire records (a bulk sync's sender)."""
+        return WireCursor(self, skip_port)
+
+    def import_wire(self, data: bytes | bytearray | memoryview) -> ImportResult:
+        """Import every 104-byte wire record of ``data``; each is checked before it changes
+        anything, a bad one is refused (counted in the core's import_* counters)."""
+        res = ffi.new("struct np_import_result *")
+        lib.np_core_import_wire(self._c, ffi.from_buffer(data), len(data), res)
+        return ImportResult(res.imported, res.invalid, res.conflict, res.full, res.other)
+
+    @staticmethod
+    def pack_wire(rec: StateRecord) -> bytes:
+        """One record in the wire's form, packed by the C core (tests cross-check wire.py)."""
+        out = ffi.new("uint8_t[]", WIRE_STATE_SIZE)
+        lib.np_wire_state_pack(rec.to_c(), out)
+        return ffi.buffer(out)[:]
+
+    @staticmethod
+    def unpack_wire(data: bytes) -> StateRecord:
+        if len(data) != WIRE_STATE_SIZE:
+            raise InvalidArgument(f"a wire state record is {WIRE_STATE_SIZE} bytes, not {len(data)}")
+        r = ffi.new("struct np_state_rec *")
+        _check(lib.np_wire_state_unpack(data, r), "wire state record")
+        return StateRecord.from_c(r)
 
     def drain(self, max_changes: int = 1024) -> list[Change]:
         out = ffi.new("struct np_change[]", max_changes)

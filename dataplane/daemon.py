@@ -18,7 +18,8 @@ Owns the unit's life cycle and its threads. Names used:
 - threads: the feed thread (``feed.run_once`` in a loop), the replication thread (with
   ``[failover]``: ``Pair.step`` every millisecond and on every datagram), the control thread
   (a unix socket, one JSON request per connection: ``{"cmd": "counters"}``,
-  ``{"cmd": "status"}``, and the operator's commands of ``dataplane.show``), and the main thread, which runs the 1 s sweep timer
+  ``{"cmd": "status"}``, ``{"cmd": "export"}`` (the table as wire records), and the
+  operator's commands of ``dataplane.show``), and the main thread, which runs the 1 s sweep timer
   and waits for SIGTERM / SIGINT.
 - ``lock``: every core call holds it (the core is single-threaded); the feed
   holds it for one batch, waiting for packets outside it when the feed has a
@@ -28,6 +29,7 @@ Owns the unit's life cycle and its threads. Names used:
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -44,6 +46,7 @@ from dataplane.config import Config, ConfigError
 
 SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
 JOURNAL_DRAIN = 1024       # journal changes per drain call
+EXPORT_RUN = 4096          # states exported per hold of the core lock (control "export")
 REPLICATION_TICK_MS = 1    # the replication loop runs at least this often
 REPLICATION_RT_PRIORITY = 10   # SCHED_FIFO for the replication thread (when allowed)
 OVERFLOW_CHECK_MS = 100   # how often the journal's overflow counter is looked at
@@ -244,8 +247,14 @@ class Daemon:
     def _start_pair(self) -> None:
         from dataplane.vips import VirtualAddresses
         from replication.pair import Pair
+        from replication.wire import MAX_DATAGRAM, datagram_size
 
         fo = self.cfg.failover
+        # replication datagrams as large as the failover leg carries whole (a jumbo link:
+        # 85 bulk states per datagram); both units' legs need the same MTU
+        mtu = kernel.link_mtu(fo.interface)
+        max_datagram = datagram_size(mtu) if mtu else MAX_DATAGRAM
+        log_event(logging.INFO, "failover", interface=fo.interface, mtu=mtu, datagram=max_datagram)
         # the replication thread must not wait a whole 5 ms GIL slice behind the feed
         # thread's Python between batches: hellos and the takeover are timed in ms
         sys.setswitchinterval(GIL_SWITCH_S)
@@ -257,7 +266,7 @@ class Daemon:
                          local=fo.local, peer=fo.peer, priority=fo.priority, poll_ms=fo.poll_ms,
                          hold_ms=fo.hold_ms, preempt=fo.preempt,
                          http_replication=fo.http_replication, actions=_PairActions(self),
-                         name=self.name)
+                         max_datagram=max_datagram, name=self.name)
 
     def _close_pair(self) -> None:
         if self.pair is not None:
@@ -395,12 +404,29 @@ class Daemon:
                 status.update(role=st["role"], peer=st["peer"], failover=st,
                               vips=[c for _, c in self.vips.vips] if self.pair.role.is_active else [])
             return status
+        if cmd == "export":
+            return self._export()
         from dataplane import show        # the operator's commands (show, clear, failover)
         reply = show.answer(self, req if isinstance(req, dict) else {})
         if reply is not None:
             return reply
-        return {"ok": False, "error": f"unknown cmd {cmd!r} (known: counters, status, "
+        return {"ok": False, "error": f"unknown cmd {cmd!r} (known: counters, status, export, "
                                       f"{', '.join(show.COMMANDS)})"}
+
+    def _export(self) -> dict:
+        """The table as the replication wire carries it (base64 of 104-byte records, slot
+        order): what a bulk sync sends. Read in runs, the core released between them, so
+        it is a snapshot only of a quiet table (tests compare the two units with it)."""
+        cursor, parts = None, []
+        while cursor is None or not cursor.done:
+            with self.lock:
+                self.core.set_clock(monotonic_ms())
+                cursor = cursor or self.core.wire_cursor()
+                parts.append(cursor.next(EXPORT_RUN))
+        data = b"".join(parts)
+        from dataplane.core import WIRE_STATE_SIZE
+        return {"ok": True, "name": self.name, "states": len(data) // WIRE_STATE_SIZE,
+                "records": base64.b64encode(data).decode()}
 
 
 class _PairActions:

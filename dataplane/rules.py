@@ -67,6 +67,13 @@ def find_legs(inside: str, outside: str) -> Legs:
     return Legs(inside, outside, idx[inside], idx[outside], local)
 
 
+def link_mtu(name: str) -> int | None:
+    """The MTU of interface ``name`` in the current namespace (None: no such interface)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        return ipr.get_links(found[0])[0].get_attr("IFLA_MTU") if found else None
+
+
 # ---- iptables ----
 
 def iptables_version() -> str:

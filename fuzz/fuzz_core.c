@@ -28,13 +28,18 @@
  *   DELETE    delete / import_delete / get by id
  *   RULES     add a rule from the bytes, or reset the rule list
  *   JOURNAL   journal on / off
- *   EXPORT    partial export from a cursor, compared with np_core_get
+ *   EXPORT    partial export from a cursor, compared with np_core_get; with flag
+ *             WIRE_EXPORT the same in the replication wire's form (np_core_export_wire,
+ *             read back with np_wire_state_unpack), WIRE_IMPORT: the bytes as wire
+ *             records into np_core_import_wire (standby, or active with flag 8),
+ *             WIRE_BULK: a bulk sync into a fresh standby through wire records
  *
  * Oracles besides ASan/UBSan: after every input the table's structure is
  * checked (free list, key and id hash chains, timer wheel, mapping
  * references, port bitmaps); translated well-formed packets must carry valid
  * checksums; every record the active core emits must be importable; a bulk
- * sync into a fresh standby must take every state.
+ * sync into a fresh standby must take every state (also through wire records, whose
+ * import must account for every record: imported or refused, never both).
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -747,6 +752,72 @@ static void op_export(struct rd *r)
     }
 }
 
+#define WIRE_EXPORT 1
+#define WIRE_IMPORT 2
+#define WIRE_BULK 4
+#define WIRE_ACTIVE 8
+
+static void wire_export(struct rd *r, uint8_t fl)
+{
+    static uint8_t buf[8 * NP_WIRE_STATE_SIZE];
+    uint32_t cursor = u16(r) % (MAX_STATES + 8), start = cursor, skipped = 0;
+    uint32_t max = u8(r) % 9;
+    uint16_t skip = fl & WIRE_ACTIVE ? 80 : 0;
+    uint32_t n = np_core_export_wire(F.a, &cursor, buf, max, skip, &skipped);
+    CHECK(n <= max && (cursor == NP_CURSOR_END || cursor >= start), "wire export cursor went backwards");
+    for (uint32_t i = 0; i < n; i++) {
+        struct np_state_rec w, g;
+        CHECK(np_wire_state_unpack(buf + i * NP_WIRE_STATE_SIZE, &w) == NP_OK,
+              "the core wrote a wire record it cannot read");
+        CHECK(np_core_get(F.a, w.creator, w.id, &g) == NP_OK, "wire-exported state not found by id");
+        CHECK(!memcmp(w.key, g.key, sizeof(w.key)) && !memcmp(w.peer, g.peer, sizeof(w.peer)) &&
+              w.proto == g.proto && w.tcp_state == g.tcp_state && w.flags == g.flags &&
+              w.bytes[0] == g.bytes[0] && w.bytes[1] == g.bytes[1] &&
+              w.packets[0] == g.packets[0] && w.packets[1] == g.packets[1],
+              "the wire record differs from the state");
+        CHECK(!skip || w.proto != 6 || (w.key[0].dport != skip && w.key[1].sport != skip),
+              "a skipped service port was exported");
+    }
+    if (cursor == NP_CURSOR_END)
+        CHECK(np_core_export_wire(F.a, &cursor, buf, 8, 0, NULL) == 0, "export after the end");
+}
+
+static void wire_import(struct rd *r, uint8_t fl)
+{
+    struct np_import_result res;
+    size_t len = r->n;
+    uint8_t *copy = malloc(len ? len : 1);  /* exactly len bytes: ASan sees over-reads */
+    memcpy(copy, r->p, len);
+    r->p += len;
+    r->n = 0;
+    uint32_t n = (uint32_t)(len / NP_WIRE_STATE_SIZE);
+    uint32_t ok = np_core_import_wire(fl & WIRE_ACTIVE ? F.a : F.b, copy, len, &res);
+    free(copy);
+    CHECK(ok == res.imported && ok <= n, "wire import counted %u of %u", ok, n);
+    CHECK(res.imported + res.invalid + res.conflict + res.full + res.other ==
+          n + (len % NP_WIRE_STATE_SIZE ? 1 : 0), "wire import lost count of a record");
+}
+
+static void wire_bulk(void)
+{
+    static uint8_t buf[85 * NP_WIRE_STATE_SIZE];
+    np_core_destroy(F.b);
+    F.b = make_core(STANDBY_ID);
+    uint32_t cursor = 0, total = 0, n;
+    while ((n = np_core_export_wire(F.a, &cursor, buf, 85, 0, NULL)) > 0) {
+        struct np_import_result res;
+        CHECK(np_core_import_wire(F.b, buf, (size_t)n * NP_WIRE_STATE_SIZE, &res) == n,
+              "wire bulk: %u of %u imported (invalid %u conflict %u full %u)", res.imported, n,
+              res.invalid, res.conflict, res.full);
+        total += n;
+    }
+    CHECK(cursor == NP_CURSOR_END, "wire bulk: export stopped early");
+    /* the active's count includes zombies (deleted, not yet journaled): never exported */
+    CHECK(total <= np_core_state_count(F.a) && np_core_state_count(F.b) == total,
+          "wire bulk: %u exported of %u, standby holds %u", total, np_core_state_count(F.a),
+          np_core_state_count(F.b));
+}
+
 static void advance(uint64_t ms)
 {
     F.now_ms += ms;
@@ -979,7 +1050,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             np_core_set_journal(F.a, !(fl & 1));
             break;
         case OP_EXPORT:
-            op_export(&r);
+            if (fl & WIRE_EXPORT)
+                wire_export(&r, fl);
+            else if (fl & WIRE_IMPORT)
+                wire_import(&r, fl);
+            else if (fl & WIRE_BULK)
+                wire_bulk();
+            else
+                op_export(&r);
             break;
         }
         data += len;

@@ -82,7 +82,25 @@ def seeds() -> dict[str, bytes]:
     s["batch"] = rec(OP_BATCH, b"".join(bytes([i & 1, 30]) + bytes([i % 8, 0, 11, 9, 0, 0, 1, 0]) + bytes(22)
                                         for i in range(20)))
     s["rules"] = rec(OP_RULES, bytes([1, 2, 1, 0, 24, 0x0b, 32, 80, 0, 80, 0])) + rec(OP_RULES | 0x10)
+    # wire records (OP_EXPORT flags): export + read back, skipping port 80, a bulk through
+    # wire records, and an import of one plausible record, a bad pad and a torn tail
+    s["wire"] = (pkt(IP(src=INSIDE, dst=OUTSIDE) / SYN) + pkt(IP(src=INSIDE2, dst=OUTSIDE) / UDP(sport=1024, dport=53))
+                 + rec(OP_EXPORT | W_EXPORT, b"\x00\x00\x08") + rec(OP_EXPORT | W_EXPORT | W_ACTIVE, b"\x00\x00\x08")
+                 + rec(OP_EXPORT | W_BULK) + rec(OP_EXPORT | W_IMPORT, wire_udp_state() + wire_udp_state(pad=1) + b"\x01" * 50))
     return s
+
+
+W_EXPORT, W_IMPORT, W_BULK, W_ACTIVE = 0x10, 0x20, 0x40, 0x80     # OP_EXPORT flags
+
+
+def wire_udp_state(pad: int = 0) -> bytes:
+    """A UDP state 10.0.0.3:1024 -> 198.19.0.1:53 mapped to 198.18.0.1:1030, as the wire carries it."""
+    key = struct.Struct("!IIHHBBH")
+    a = lambda x: struct.unpack("!I", bytes(map(int, x.split("."))))[0]   # noqa: E731
+    return (struct.pack("!QIBBBB", 4242, 3, 17, 0, 0, pad)
+            + key.pack(a("10.0.0.3"), a(OUTSIDE), 1024, 53, 17, 0, 0)
+            + key.pack(a(OUTSIDE), a("198.18.0.1"), 53, 1030, 17, 1, 0)
+            + bytes(24) + struct.pack("!II", 30000, 100) + bytes(24))
 
 
 def main() -> None:

@@ -9,7 +9,9 @@ messages below and the live changes (``dataplane.core.Change``). Names used:
   ``BulkStart``, then at most ``chunks_per_poll`` ``BulkChunk`` of at most
   ``chunk_records`` records (a budget per poll, so the live stream and the
   packet path are never starved), then a ``BulkEnd``. The records come from a
-  cursor over ``Core.export`` (slot order), read chunk by chunk at send time.
+  cursor over the table (``Core.wire_cursor``, slot order), read chunk by chunk at send
+  time, already in the wire's 104-byte form (C writes them; no Python per state);
+  ``skip_port`` leaves out the TCP states of that service port (HTTP, unless replicated).
 - ``BulkRequester`` (the joiner): IDLE -> REQUESTED -> RECEIVING -> DONE, or
   FAILED after ``retries`` timeouts. ``request()``, ``poll()`` (retries),
   ``on_message(msg)`` for the bulk messages, and ``apply_live(change)``: the one
@@ -17,7 +19,9 @@ messages below and the live changes (``dataplane.core.Change``). Names used:
   ``notify(RoleEvent, reason)`` tells the role BULK_START / BULK_DONE / BULK_FAILED.
 - ``progress()`` on both ends: records sent or received of the total announced.
 - Messages: ``BulkRequest(request)``, ``BulkStart(request, total)``,
-  ``BulkChunk(request, records)``, ``BulkEnd(request, sent, ok)``. What this
+  ``BulkChunk(request, records)`` (records: bytes of 104-byte wire records, imported by
+  ``Core.import_wire``, which checks each before it changes anything),
+  ``BulkEnd(request, sent, ok)``. What this
   needs of the wire: the request id in every bulk message, and bulk records kept
   apart from live INSERT/UPDATE records (a BULK flag or section of their own).
 
@@ -53,14 +57,22 @@ from __future__ import annotations
 
 import collections
 import enum
-import itertools
-from typing import Callable, Iterator, NamedTuple, Protocol
+import struct
+from typing import Callable, Iterable, NamedTuple, Protocol
 
-from dataplane.core import Change, CoreError, NotFound, StateRecord
+from dataplane.core import (WIRE_STATE_SIZE, Change, CoreError, ImportResult, NotFound, StateRecord,
+                            WireCursor)
 from replication.fsm import LOG, Clock, Machine, monotonic_ms
 from replication.role import RoleEvent
 
 Ident = tuple[int, int]          # (creator, id)
+_IDENT = struct.Struct("!QI92x")  # a wire state record's id and creator
+assert _IDENT.size == WIRE_STATE_SIZE
+
+
+def identities(records: bytes) -> Iterable[Ident]:
+    """(creator, id) of each wire record of ``records``."""
+    return ((creator, id_) for id_, creator in _IDENT.iter_unpack(records))
 
 
 # ---- messages (the transport encodes them) ----
@@ -76,7 +88,11 @@ class BulkStart(NamedTuple):
 
 class BulkChunk(NamedTuple):
     request: int
-    records: tuple[StateRecord, ...]
+    records: bytes               # wire records, WIRE_STATE_SIZE bytes each
+
+    @property
+    def count(self) -> int:
+        return len(self.records) // WIRE_STATE_SIZE
 
 
 class BulkEnd(NamedTuple):
@@ -86,15 +102,16 @@ class BulkEnd(NamedTuple):
 
 
 class Exporter(Protocol):
-    def export(self, batch: int = ...) -> Iterator[StateRecord]: ...
+    def wire_cursor(self, skip_port: int = ...) -> WireCursor: ...
     @property
     def state_count(self) -> int: ...
 
 
 class Importer(Protocol):
     def import_state(self, rec: StateRecord) -> None: ...
+    def import_wire(self, data: bytes) -> ImportResult: ...
     def import_delete(self, creator: int, id: int) -> None: ...
-    def export(self, batch: int = ...) -> Iterator[StateRecord]: ...
+    def wire_cursor(self, skip_port: int = ...) -> WireCursor: ...
 
 
 # ---- the sender ----
@@ -124,18 +141,20 @@ SENDER_TABLE = {
 
 class BulkSender:
     def __init__(self, core: Exporter, *, chunk_records: int = 512, chunks_per_poll: int = 8,
-                 clock: Clock = monotonic_ms, name: str = "bulk-send"):
+                 skip_port: int = 0, clock: Clock = monotonic_ms, name: str = "bulk-send"):
         if chunk_records < 1 or chunks_per_poll < 1:
             raise ValueError("chunk_records and chunks_per_poll must be at least 1")
         self.core = core
+        self.skip_port = skip_port
         self.chunk_records, self.chunks_per_poll = chunk_records, chunks_per_poll
         self.clock = clock
         self.machine: Machine[SenderState, SenderEvent] = Machine(name, SENDER_TABLE, SenderState.IDLE,
                                                                   clock=clock)
         self.request_id = 0
         self.total = self.sent = 0
+        self.skipped = 0                # states of skip_port left out of the last bulk
         self.started_ms = self.finished_ms = 0
-        self._cursor: Iterator[StateRecord] | None = None
+        self._cursor: WireCursor | None = None
         self._out: list = []
         self.counters: collections.Counter[str] = collections.Counter()
 
@@ -150,9 +169,9 @@ class BulkSender:
         if was is SenderState.SENDING:
             self.counters["restarted"] += 1
         self.request_id = request
-        self.total, self.sent = self.core.state_count, 0
+        self.total, self.sent, self.skipped = self.core.state_count, 0, 0
         self.started_ms, self.finished_ms = self.clock(), 0
-        self._cursor = self.core.export(batch=self.chunk_records)
+        self._cursor = self.core.wire_cursor(self.skip_port)
         self._out = [BulkStart(request, self.total)]
         self.counters["requests"] += 1
 
@@ -172,12 +191,15 @@ class BulkSender:
         if self.state is not SenderState.SENDING:
             return out
         for _ in range(self.chunks_per_poll):
-            recs = tuple(itertools.islice(self._cursor, self.chunk_records))
+            cursor = self._cursor
+            recs = cursor.next(self.chunk_records)
             if recs:
-                self.sent += len(recs)
+                self.sent += len(recs) // WIRE_STATE_SIZE
                 self.counters["chunks"] += 1
                 out.append(BulkChunk(self.request_id, recs))
-            if len(recs) < self.chunk_records:
+            if cursor.done:
+                self.skipped = cursor.skipped
+                self.counters["skipped_port"] += cursor.skipped
                 self._cursor = None
                 self.finished_ms = self.clock()
                 out.append(BulkEnd(self.request_id, self.sent))
@@ -266,7 +288,7 @@ class BulkRequester:
         self.attempts = 0
         self.live.clear()
         self.tombstones.clear()
-        self._stale = {(r.creator, r.id) for r in self.core.export()}
+        self._stale = self._identities_held()
         self.started_ms, self.finished_ms = self.clock(), 0
         self._send_request()
 
@@ -355,16 +377,14 @@ class BulkRequester:
             self.counters["chunk_before_start"] += 1
             return
         self._deadline = self.clock() + self.timeout_ms
-        for rec in msg.records:
-            self.received += 1
-            ident = (rec.creator, rec.id)
-            self._stale.discard(ident)
-            if ident in self.tombstones:
-                self.counters["skipped_tombstone"] += 1
-            elif ident in self.live:
-                self.counters["skipped_superseded"] += 1
-            else:
-                self._import(rec, "bulk")
+        records = msg.records
+        self.received += len(records) // WIRE_STATE_SIZE
+        if self._stale:
+            self._stale.difference_update(identities(records))
+        if self.live:
+            records = self._without_live(records)
+        if records:
+            self._import_wire(records)
 
     def _on_end(self, msg: BulkEnd) -> None:
         if not self._ours(msg):
@@ -403,6 +423,39 @@ class BulkRequester:
                         self.max_tracked)
             self.attempts = self.retries + 1      # a retry would overflow as well
             self._retry(f"tracking overflow ({self.max_tracked} identities)")
+
+    def _identities_held(self) -> set[Ident]:
+        cursor, held = self.core.wire_cursor(), set()
+        while not cursor.done:
+            held.update(identities(cursor.next(4096)))
+        return held
+
+    def _without_live(self, records: bytes) -> bytes:
+        """The records whose state no live change touched during the bulk."""
+        keep, live, tomb = [], self.live, self.tombstones
+        size = WIRE_STATE_SIZE
+        for i, ident in enumerate(identities(records)):
+            if ident in tomb:
+                self.counters["skipped_tombstone"] += 1
+            elif ident in live:
+                self.counters["skipped_superseded"] += 1
+            else:
+                keep.append(i)
+        if len(keep) == len(records) // size:
+            return records
+        view = memoryview(records)
+        return b"".join(view[i * size:(i + 1) * size] for i in keep)
+
+    def _import_wire(self, records: bytes) -> None:
+        res = self.core.import_wire(records)
+        self.counters["bulk_import"] += res.imported
+        for reason in ("invalid", "conflict", "full", "other"):
+            n = getattr(res, reason)
+            if n:
+                self.counters[f"bulk_import_{reason}"] += n
+        if res.rejected:
+            LOG.warning("%s bulk import refused %d of %d records (%s)", self.machine.name,
+                        res.rejected, len(records) // WIRE_STATE_SIZE, res)
 
     def _import(self, rec: StateRecord, where: str) -> None:
         try:

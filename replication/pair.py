@@ -2,9 +2,10 @@
 
 Owns ``Pair``, which holds the failover link (udp.UdpLink with its FtfwTransport), the
 failure detector (detect.Detector), the role (role.Role) and both bulk sync ends
-(bulk.BulkSender over ``core.export``, bulk.BulkRequester into ``core.import_*``), and
-``step(now_ms)``, one turn of the replication loop (the daemon's replication thread calls
-it every millisecond or when a datagram arrives). Names used:
+(bulk.BulkSender over ``core.wire_cursor``, bulk.BulkRequester into ``core.import_wire``
+and ``core.import_*``), and ``step(now_ms)``, one turn of the replication loop (the
+daemon's replication thread calls it every millisecond or when a datagram arrives). Names
+used:
 
 - ``core_lock``: the daemon's lock around the core (an RLock: a role action may run while
   the loop holds it). Every core call here holds it; the transport and the machines are
@@ -18,8 +19,16 @@ it every millisecond or when a datagram arrives). Names used:
   the failover link (hellos on the data interfaces are not implemented: the detector's
   data paths stay silent, so a cut failover link looks like a dead peer).
 - bulk on the wire: BulkRequest = UPDATE_REQUEST(0, 0, request); BulkStart = BULK_START;
-  each record of a BulkChunk = one BULK_STATE record (it belongs to the request of the
-  last BULK_START); BulkEnd = BULK_END (sent = the records that went on the wire).
+  a BulkChunk = one BULK_STATE section of packed records (``wire.Packed``, as many as fill
+  a datagram: 12 at the default 1400 bytes, 85 on a jumbo failover link, ``max_datagram``
+  = ``wire.datagram_size(mtu)``), written and imported by the core in C; it belongs to the
+  request of the last BULK_START; BulkEnd = BULK_END (sent = the records that went on
+  the wire). The sender reads the table while fewer than ``BULK_INFLIGHT`` messages wait
+  for the standby's ack, so a bulk never floods the standby's socket.
+- lag: ``offer`` stamps each change with ``lag_clock()`` (ms, monotonic); the transport
+  keeps those times per sent message and, when the standby's cumulative ack covers one,
+  ``lag`` observes now - offer time of each of its changes (retransmissions count from
+  the offer; a coalesced record from its oldest change).
 - the standby imports: live INSERT/UPDATE/DELETE through ``BulkRequester.apply_live``
   (always, so a bulk in progress can see them), bulk records through ``on_message``.
 - a silent peer resets the link (a new epoch, nothing unacked kept for a peer that will
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Callable
 
 from dataplane.core import Change, StateRecord
@@ -49,15 +59,21 @@ from replication.switchover import F_WANTS_ACTIVE, Switchover
 from replication.tables import TableStats, applied
 from replication.transport import FtfwTransport
 from replication.udp import UdpLink
-from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, UPDATE,
-                              UPDATE_REQUEST, Codec)
+from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, OVERHEAD,
+                              SECTION, STATE, UPDATE, UPDATE_REQUEST, Codec, Packed)
 
 HTTP_PORT = 80
 TCP = 6
 F_YIELDING = 0x01
-BULK_PENDING_MAX = 4096         # records queued in the transport before the bulk sender waits
+BULK_PENDING_MAX = 64           # items queued in the transport before the bulk sender waits
+BULK_INFLIGHT = 32             # unacked messages before the bulk sender waits (~290 KB jumbo)
+BULK_CHUNKS_PER_STEP = 16       # datagrams of bulk records read per step
 OFFER_MAX = 1 << 20             # journal changes waiting for the loop (then: dropped, counted)
 REQUEST_AGAIN_MS = 1000         # a failed bulk sync is asked for again after this long
+
+
+def monotonic_ms_float() -> float:
+    return time.monotonic_ns() / 1e6
 
 
 def is_http(rec: StateRecord) -> bool:
@@ -82,13 +98,15 @@ class Pair:
                  local: tuple[str, int], peer: tuple[str, int], priority: int = 100,
                  poll_ms: int = 10, hold_ms: int = 50, preempt: bool = False,
                  http_replication: bool = False, actions: Actions | None = None,
-                 clock: Callable[[], int] = monotonic_ms, name: str = "pair"):
+                 max_datagram: int = wire.MAX_DATAGRAM, clock: Callable[[], int] = monotonic_ms,
+                 lag_clock: Callable[[], float] = monotonic_ms_float, name: str = "pair"):
         self.core, self.lock = core, core_lock
         self.unit_id, self.key, self.http = unit_id, bytes(key), http_replication
-        self.clock = clock
+        self.max_datagram = max_datagram
+        self.clock, self.lag_clock = clock, lag_clock
         self.counters: collections.Counter[str] = collections.Counter()
         self.wire_counters = Counters(wire.REASONS + ("rx_ok", "rx_dropped"))  # kept across link resets
-        self._offered: collections.deque[Change] = collections.deque()
+        self._offered: collections.deque[tuple[float, Change]] = collections.deque()
         self._inbox: list[tuple[int, object]] = []
         self._bulk_rx_request = 0
         self._bulk_tx_sent = 0
@@ -97,25 +115,29 @@ class Pair:
                          name=f"{name}-role")
         self.role.machine.subscribe(self._on_role)
         self.detector = Detector(poll_ms=poll_ms, hold_ms=hold_ms, clock=clock, name=f"{name}-detect")
-        self.sender = BulkSender(core, clock=clock, name=f"{name}-bulk-send")
+        per_datagram = (max_datagram - OVERHEAD - SECTION.size) // STATE.size
+        self.sender = BulkSender(core, chunk_records=per_datagram, chunks_per_poll=BULK_CHUNKS_PER_STEP,
+                                 skip_port=0 if http_replication else HTTP_PORT, clock=clock,
+                                 name=f"{name}-bulk-send")
         self.requester = BulkRequester(core, clock=clock, notify=self._on_bulk_event,
                                        name=f"{name}-bulk-recv")
-        self.link = UdpLink(self._codec(), local, peer, self._deliver)
+        self.lag = LagHistogram()      # filled on the active as the standby acks (see lag.py)
+        self.link = UdpLink(self._codec(), local, peer, self._deliver, on_acked=self._on_acked)
         self._set_transport()
         self.table_size = 0
-        self.lag = LagHistogram()      # filled on the active as the standby acks (see lag.py)
         self.tables = TableStats()     # per replicated table: sent, received, errors
         self.switchover = Switchover(self)   # natpair failover active|standby
 
     # ---- the link ----
 
     def _codec(self) -> _PeerCodec:
-        return _PeerCodec(self.key, self.unit_id, counters=self.wire_counters)
+        return _PeerCodec(self.key, self.unit_id, max_size=self.max_datagram,
+                          counters=self.wire_counters)
 
     def _set_transport(self, codec: _PeerCodec | None = None) -> None:
         if codec is not None:
             self.link.transport = FtfwTransport(codec, self.link._send, self._deliver,
-                                                on_resync=self._on_resync)
+                                                on_resync=self._on_resync, on_acked=self._on_acked)
         else:
             self.link.transport._on_resync = self._on_resync
 
@@ -142,7 +164,8 @@ class Pair:
             self.counters["offer_overflow"] += len(changes)
             self.tables.refused_changes(changes)
             return
-        self._offered.extend(changes)
+        t = self.lag_clock()
+        self._offered.extend((t, ch) for ch in changes)
         self.counters["offered"] += len(changes)
 
     # ---- the loop ----
@@ -194,11 +217,11 @@ class Pair:
             offered.clear()
             return
         while offered:
-            ch = offered.popleft()
+            t, ch = offered.popleft()
             if not self.http and ch.record is not None and is_http(ch.record):
                 self.counters["skipped_http"] += 1
                 continue
-            tr.submit(ch, now)
+            tr.submit(ch, now, t)
             self.counters["submitted"] += 1
             self.tables.sent_change(ch)
 
@@ -243,6 +266,9 @@ class Pair:
             for action, rec in inbox:
                 before = applied(rc, action)
                 self._import_one(action, rec)
+                if isinstance(rec, Packed):     # a bulk chunk: count its records, not its errors
+                    self.tables.received(action, None, n=rec.count)
+                    continue
                 self.tables.received(action, rec, before is not None and applied(rc, action) == before
                                      and not self.role.is_active)
             self.table_size = self.core.state_count
@@ -266,7 +292,7 @@ class Pair:
             self._bulk_rx_request = rec.request
             r.on_message(bulk.BulkStart(rec.request, rec.total))
         elif action == BULK_STATE:
-            r.on_message(bulk.BulkChunk(self._bulk_rx_request, (rec,)))
+            r.on_message(bulk.BulkChunk(self._bulk_rx_request, rec.data))
         elif action == BULK_END:
             r.on_message(bulk.BulkEnd(rec.request, rec.sent, rec.status == wire.BULK_OK))
 
@@ -283,8 +309,11 @@ class Pair:
         for msg in r.poll():
             self.tables.sent(UPDATE_REQUEST)
             self.transport.send(UPDATE_REQUEST, wire.UpdateRequest(0, 0, msg.request), now)
-        if self.sender.state is bulk.SenderState.SENDING and self.transport.pending < BULK_PENDING_MAX:
+        tr = self.transport
+        if (self.sender.state is bulk.SenderState.SENDING and tr.pending < BULK_PENDING_MAX
+                and tr.unacked < BULK_INFLIGHT):
             with self.lock:
+                self.core.set_clock(self.clock())   # the records' timers are relative to it
                 msgs = self.sender.poll()
                 self.table_size = self.core.state_count
             for msg in msgs:
@@ -297,15 +326,13 @@ class Pair:
             self.tables.sent(BULK_START)
             tr.send(BULK_START, wire.BulkStart(msg.request, msg.total), now)
         elif isinstance(msg, bulk.BulkChunk):
-            for rec in msg.records:
-                if not self.http and is_http(rec):
-                    self.counters["skipped_http"] += 1
-                    continue
-                tr.send(BULK_STATE, rec, now)
-                self._bulk_tx_sent += 1
-                self.tables.sent(BULK_STATE)
+            tr.send(BULK_STATE, Packed(msg.count, msg.records), now)
+            self._bulk_tx_sent += msg.count
+            self.tables.sent(BULK_STATE, n=msg.count)
         elif isinstance(msg, bulk.BulkEnd):
             self.tables.sent(BULK_END)
+            if msg.ok:
+                self.counters["skipped_http"] += self.sender.skipped
             tr.send(BULK_END, wire.BulkEnd(msg.request, self._bulk_tx_sent,
                                            wire.BULK_OK if msg.ok else wire.BULK_ABORTED), now)
 
@@ -320,6 +347,12 @@ class Pair:
             self.role.actions.announce()
         except Exception as e:
             LOG.error("pair announce failed: %s", e)
+
+    def _on_acked(self, offered: list[float]) -> None:
+        """The standby acked messages carrying changes offered at these times."""
+        now, lag = self.lag_clock(), self.lag
+        for t in offered:
+            lag.observe(now - t)
 
     def _on_bulk_event(self, event, reason: str) -> None:
         self.role.on_bulk(event, reason)

@@ -64,10 +64,10 @@ class TableStats:
         for ch in changes:
             self._bump(_KIND_ACTION[ch.kind], ch.record, "xerr")
 
-    def received(self, action: int, rec=None, error: bool = False) -> None:
-        self._bump(action, rec, "rcv")
+    def received(self, action: int, rec=None, error: bool = False, n: int = 1) -> None:
+        self._bump(action, rec, "rcv", n)
         if error:
-            self._bump(action, rec, "rerr")
+            self._bump(action, rec, "rerr", n)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {t: dict(c) for t, c in self.counts.items()}

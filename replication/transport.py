@@ -8,16 +8,27 @@ channel, and replication/udp.py puts it on a socket. Names used:
 - the *stream*: the messages flagged RELIABLE, numbered seq = 1, 2, ... per sender epoch;
 - *pending*: changes not yet sent, one entry per state (creator, id): a state changed again
   before it left is sent once, in its latest version (coalescing); other records (bulk
-  markers, update requests) keep their place in the queue;
+  markers, update requests, a bulk sync's ``Packed`` runs of states, each its own section)
+  keep their place in the queue;
 - *unacked*: sent stream messages kept (as sections) until the peer's cumulative ack;
 - sender: flushes pending when a datagram is full or ``flush_ms`` (<= 1 ms) after the oldest
-  pending change; retransmits what a NACK names and, after ``rto_ms`` without an ack, what
-  is still unacked (backing off up to 8x); at most ``window`` messages in flight; a NACK of
+  pending change; retransmits what a NACK names and, after the retransmission timeout
+  without an ack, what is still unacked (backing off up to 8x). The timeout adapts to
+  the round trip as TCP's does (RFC 6298: srtt + 4 x rttvar, samples only from messages
+  sent once, doubled by a timeout until the next sample, at least ``rto_ms``, at most
+  ``RTO_MAX_MS``): a bulk sync queues messages at
+  a busy standby for longer than the idle link's few ms, and resending them then only
+  doubles its work; at most ``window`` messages in flight; a NACK of
   seqs it no longer holds gets a SKIP (the receiver must bulk sync, ``on_resync``);
 - receiver: delivers records in stream order to ``deliver(action, record)``, keeps
   out-of-order messages (up to ``window``), acks cumulatively within ``ack_delay_ms``, and
   NACKs missing ranges at most every ``nack_ms``. Records of unreliable messages (HELLO) are
-  delivered at once. ACK sections are the transport's own and never delivered.
+  delivered at once (a ``Packed`` section in one call). ACK sections are the transport's
+  own and never delivered.
+- lag: a change submitted with ``offered_ms`` (when the active's pair received it) keeps
+  that time through coalescing (the oldest change a record carries) and retransmissions;
+  when the peer's cumulative ack covers its message, ``on_acked(times)`` gets the offer
+  times of every change that message carried (replication/lag.py).
 
 Counters (``counters``): tx_* and rx_* outcomes; the wire's drop reasons are in the same
 object (the codec shares it).
@@ -31,7 +42,7 @@ from dataplane.core import Change
 from replication.counters import Counters
 from replication.wire import (ACK, ACK_CUMULATIVE, ACK_NACK, ACK_SKIP, DELETE, F_ACK, F_RELIABLE,
                               INSERT, OVERHEAD, RECORDS, REASONS, SECTION, UPDATE, AckRange, Codec,
-                              Delete, Message)
+                              Delete, Message, Packed, record_count)
 
 M32 = 0xFFFFFFFF
 TRANSPORT_COUNTERS = (
@@ -39,6 +50,9 @@ TRANSPORT_COUNTERS = (
     "tx_acks", "tx_nacks", "tx_skips", "tx_errors", "rx_records", "rx_duplicates", "rx_out_of_order",
     "rx_out_of_window", "rx_nacks", "rx_skips", "rx_bad_ack", "rx_peer_restarted",
     "deliver_errors")
+
+
+RTO_MAX_MS = 200
 
 
 def seq_diff(a: int, b: int) -> int:
@@ -49,11 +63,13 @@ def seq_diff(a: int, b: int) -> int:
 class Transport(Protocol):
     """What the replication layer needs from a transport."""
 
-    def submit(self, change: Change, now_ms: int) -> None:
-        """Queue one journal change (coalesced with an unsent change of the same state)."""
+    def submit(self, change: Change, now_ms: int, offered_ms: float | None = None) -> None:
+        """Queue one journal change (coalesced with an unsent change of the same state);
+        ``offered_ms``: when it was offered, for the lag measured at the peer's ack."""
 
     def send(self, action: int, record: Any, now_ms: int) -> None:
-        """Queue one other record in the reliable stream (bulk markers, update requests)."""
+        """Queue one other record in the reliable stream (bulk markers, update requests), or
+        a ``Packed`` run of records (a section of its own; it must fit one datagram)."""
 
     def send_unreliable(self, action: int, records: tuple, now_ms: int) -> None:
         """Send records now, outside the stream (HELLO)."""
@@ -69,10 +85,16 @@ class Transport(Protocol):
 
 
 class _Sent:
-    __slots__ = ("sections", "last_ms", "sends")
+    __slots__ = ("sections", "last_ms", "sends", "offers")
 
-    def __init__(self, sections, now_ms: int):
+    def __init__(self, sections, now_ms: int, offers: list[float] | None = None):
         self.sections, self.last_ms, self.sends = sections, now_ms, 1
+        self.offers = offers            # offer times of the changes it carries (lag)
+
+
+def _size(action: int, rec) -> int:
+    """Bytes a queued item takes in a datagram (a Packed run brings its section header)."""
+    return SECTION.size + len(rec.data) if isinstance(rec, Packed) else RECORDS[action].size
 
 
 _ACTION_OF = {"create": INSERT, "update": UPDATE, "delete": DELETE}
@@ -82,20 +104,27 @@ class FtfwTransport:
     def __init__(self, codec: Codec, output: Callable[[bytes], None],
                  deliver: Callable[[int, Any], None], *, flush_ms: int = 1, rto_ms: int = 5,
                  nack_ms: int = 2, ack_delay_ms: int = 1, window: int = 2048, burst: int = 64,
-                 on_resync: Callable[[], None] | None = None):
+                 on_resync: Callable[[], None] | None = None,
+                 on_acked: Callable[[list[float]], None] | None = None):
         if not 0 <= flush_ms <= 1:
             raise ValueError("flush_ms must be 0 or 1")
         self.codec, self._out, self._deliver, self._on_resync = codec, output, deliver, on_resync
+        self._on_acked = on_acked
         self.flush_ms, self.rto_ms, self.nack_ms, self.ack_delay_ms = flush_ms, rto_ms, nack_ms, ack_delay_ms
         self.window, self.burst = window, burst
+        self.rto = float(rto_ms)        # the current retransmission timeout
+        self._srtt: float | None = None
+        self._rttvar = 0.0
         self.counters = codec.counters
         for name in TRANSPORT_COUNTERS:
             self.counters.bump(name, 0)
         self._xmit = 0
+        self._taken_offers: list[float] | None = None
         # sender
         self._pending: collections.OrderedDict[Any, tuple[int, Any]] = collections.OrderedDict()
         self._pending_bytes = 0
         self._pending_since: int | None = None
+        self._offer_ms: dict[Any, float] = {}     # pending key -> offer time of its oldest change
         self._other = 0                 # keys of non-state records
         self._tx_next = 1
         self._unacked: collections.OrderedDict[int, _Sent] = collections.OrderedDict()
@@ -108,8 +137,10 @@ class FtfwTransport:
         self._last_nack_ms: int | None = None
 
     # ---------------------------------------------------------------- sender
-    def submit(self, change: Change, now_ms: int) -> None:
+    def submit(self, change: Change, now_ms: int, offered_ms: float | None = None) -> None:
         key = (change.creator, change.id)
+        if offered_ms is not None and key not in self._offer_ms:
+            self._offer_ms[key] = offered_ms    # coalesced: the oldest change's time stays
         action = _ACTION_OF[change.kind]
         rec = Delete(change.creator, change.id) if action == DELETE else change.record
         old = self._pending.get(key)
@@ -126,6 +157,9 @@ class FtfwTransport:
     def send(self, action: int, record: Any, now_ms: int) -> None:
         if action not in RECORDS or action == ACK:
             raise ValueError(f"not a stream action: {action}")
+        if isinstance(record, Packed) and \
+                OVERHEAD + _size(action, record) > self.codec.max_size:
+            raise ValueError(f"a packed run of {record.count} records does not fit a datagram")
         self._other += 1
         self._queue(("other", self._other), action, record, now_ms)
         self._flush(now_ms, full_only=True)
@@ -135,7 +169,7 @@ class FtfwTransport:
 
     def _queue(self, key, action, rec, now_ms) -> None:
         self._pending[key] = (action, rec)
-        self._pending_bytes += RECORDS[action].size
+        self._pending_bytes += _size(action, rec)
         if self._pending_since is None:
             self._pending_since = now_ms
 
@@ -143,11 +177,20 @@ class FtfwTransport:
         """Sections for one datagram from the head of pending; None when full_only and the
         rest would not fill one."""
         room = self.codec.max_size - OVERHEAD
-        sections: list[tuple[int, list]] = []
+        sections: list[tuple[int, Any]] = []
         keys = []
         for key, (action, rec) in self._pending.items():
+            if isinstance(rec, Packed):
+                need = _size(action, rec)
+                if need > room:
+                    break
+                room -= need
+                sections.append((action, rec))
+                keys.append(key)
+                continue
             size = RECORDS[action].size
-            new_section = not sections or sections[-1][0] != action or len(sections[-1][1]) == 0xFFFF
+            new_section = (not sections or sections[-1][0] != action or isinstance(sections[-1][1], Packed)
+                           or len(sections[-1][1]) == 0xFFFF)
             need = size + (SECTION.size if new_section else 0)
             if need > room:
                 break
@@ -161,13 +204,20 @@ class FtfwTransport:
                 return None
         if not keys:
             return None
+        offers = []
         for key in keys:
-            action, _ = self._pending.pop(key)
-            self._pending_bytes -= RECORDS[action].size
+            action, rec = self._pending.pop(key)
+            self._pending_bytes -= _size(action, rec)
+            if self._offer_ms:
+                t = self._offer_ms.pop(key, None)
+                if t is not None:
+                    offers.append(t)
         if not self._pending:
             self._pending_since = None
-        self.counters.bump("tx_records", len(keys))
-        return tuple((a, tuple(r)) for a, r in sections)
+        self._taken_offers = offers or None
+        sections = tuple((a, r if isinstance(r, Packed) else tuple(r)) for a, r in sections)
+        self.counters.bump("tx_records", sum(record_count(r) for _, r in sections))
+        return sections
 
     def _flush(self, now_ms: int, full_only: bool) -> None:
         if full_only and OVERHEAD + SECTION.size + self._pending_bytes < self.codec.max_size:
@@ -181,7 +231,7 @@ class FtfwTransport:
                 return
             seq = self._tx_next
             self._tx_next = (seq + 1) & M32
-            self._unacked[seq] = _Sent(sections, now_ms)
+            self._unacked[seq] = _Sent(sections, now_ms, self._taken_offers)
             self._emit(F_RELIABLE, sections, now_ms, seq)
         if self._pending_since is not None and not self._pending:
             self._pending_since = None
@@ -209,15 +259,33 @@ class FtfwTransport:
         self.counters.bump("tx_retransmits")
         self._emit(F_RELIABLE, ent.sections, now_ms, seq)
 
-    def _on_ack(self, upto: int) -> None:
+    def _on_ack(self, upto: int, now_ms: int) -> None:
         if seq_diff(upto, self._tx_next) >= 0:
             self.counters.bump("rx_bad_ack")        # acks what was never sent
             return
+        offers: list[float] = []
+        sample = None
         while self._unacked:
             seq = next(iter(self._unacked))
             if seq_diff(seq, upto) > 0:
                 break
-            del self._unacked[seq]
+            ent = self._unacked.pop(seq)
+            if ent.sends == 1:
+                sample = now_ms - ent.last_ms       # the newest message acked: its round trip
+            if ent.offers:
+                offers.extend(ent.offers)
+        if sample is not None:
+            self._rtt_sample(sample)
+        if offers and self._on_acked is not None:
+            self._on_acked(offers)
+
+    def _rtt_sample(self, rtt: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = rtt, rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+        self.rto = min(max(float(self.rto_ms), self._srtt + 4 * self._rttvar), RTO_MAX_MS)
 
     def _on_nack(self, first: int, last: int, now_ms: int) -> None:
         self.counters.bump("rx_nacks")
@@ -249,7 +317,7 @@ class FtfwTransport:
             self._last_nack_ms = None
         mine = msg.peer_epoch == self.codec.epoch
         if msg.flags & F_ACK and mine:
-            self._on_ack(msg.ack)
+            self._on_ack(msg.ack, now_ms)
         for action, recs in msg.sections:
             if action != ACK:
                 continue
@@ -259,7 +327,7 @@ class FtfwTransport:
                 elif not mine:
                     continue
                 elif r.kind == ACK_CUMULATIVE:
-                    self._on_ack(r.last)
+                    self._on_ack(r.last, now_ms)
                 else:
                     self._on_nack(r.first, r.last, now_ms)
         if msg.reliable:
@@ -310,6 +378,13 @@ class FtfwTransport:
     def _hand_over(self, sections) -> None:
         for action, recs in sections:
             if action == ACK:
+                continue
+            if isinstance(recs, Packed):
+                self.counters.bump("rx_records", recs.count)
+                try:
+                    self._deliver(action, recs)
+                except Exception:
+                    self.counters.bump("deliver_errors")
                 continue
             for r in recs:
                 self.counters.bump("rx_records")
@@ -381,9 +456,11 @@ class FtfwTransport:
         for seq, ent in list(self._unacked.items()):
             if sent >= self.burst:
                 break
-            if now_ms - ent.last_ms >= self.rto_ms * min(1 << (ent.sends - 1), 8):
+            if now_ms - ent.last_ms >= self.rto * min(1 << (ent.sends - 1), 8):
                 self._resend(seq, ent, now_ms)
                 sent += 1
+        if sent:        # back off until a message sent once is acked (Karn, RFC 6298 5.5)
+            self.rto = min(self.rto * 2, RTO_MAX_MS)
         if self.peer_epoch is not None:
             if self._ack_due_since is not None and now_ms - self._ack_due_since >= self.ack_delay_ms:
                 self._send_ack(now_ms)

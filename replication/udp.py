@@ -16,6 +16,10 @@ from replication.transport import FtfwTransport
 from replication.wire import Codec
 
 
+RCVBUF = 4 << 20
+SO_RCVBUFFORCE = 33             # Linux; not in Python's socket module
+
+
 def now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
@@ -25,7 +29,10 @@ class UdpLink:
                  deliver: Callable[[int, Any], None], **transport_kw):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        try:        # root may pass net.core.rmem_max: a bulk sync's burst must not overflow
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         self.sock.bind(local)
         self.peer = peer
         self.transport = FtfwTransport(codec, self._send, deliver, **transport_kw)

@@ -49,7 +49,10 @@ epoch are valid). Actions and their records (sizes in bytes):
   INSERT, UPDATE  state (104): every field of dataplane.core.StateRecord
   BULK_STATE      state (104): a state of a bulk sync, kept apart from the live INSERT and
                   UPDATE (bulk.py needs to tell them apart); it belongs to the request of
-                  the last BULK_START before it in the stream
+                  the last BULK_START before it in the stream. Its records stay packed
+                  (``Packed``): the C core writes them (``Core.wire_cursor``) and checks and
+                  imports them (``Core.import_wire``) by runs, so decode checks only the
+                  section, not each record (a bad one is refused and counted at import)
   DELETE          delete (16): id, creator
   BULK_START      bulk_start (8): request id, states in the table
   BULK_END        bulk_end (12): request id, states sent, status
@@ -61,7 +64,7 @@ epoch are valid). Actions and their records (sizes in bytes):
                   what is below is gone (the receiver must bulk sync)
 
 Names: ``Message`` (a decoded or to-be-encoded datagram), ``Codec`` (key, unit, replay
-window, drop counters), the record tuples ``Delete``, ``BulkStart``, ``BulkEnd``,
+window, drop counters), ``Packed`` (a section's records as bytes), the record tuples ``Delete``, ``BulkStart``, ``BulkEnd``,
 ``UpdateRequest``, ``Hello``, ``AckRange``, and ``StateRecord`` from dataplane.core.
 Drop reasons, one counter each: short, bad_magic, bad_version, bad_length, bad_mac,
 bad_header, own_unit, bad_section_count, unknown_action, bad_record_size, bad_section,
@@ -83,6 +86,15 @@ from replication.replay import ReplayWindow
 MAGIC = b"NPSY"
 VERSION = 1
 MAX_DATAGRAM = 1400             # default limit, below a 1500 MTU with IP/UDP (and a VLAN)
+MAX_UDP = 65507
+IP_UDP_HEADERS = 28
+
+
+def datagram_size(mtu: int) -> int:
+    """The largest datagram that crosses a link of this MTU whole (no IP fragments): a
+    jumbo failover link (MTU 9000) carries 85 bulk states per HMAC instead of 12."""
+    return MAX_DATAGRAM if mtu <= 1500 else min(mtu - IP_UDP_HEADERS, MAX_UDP)
+
 
 F_RELIABLE = 0x01
 F_ACK = 0x02
@@ -127,6 +139,24 @@ assert HEADER.size == 48 and SECTION.size == 8 and MAC_SIZE == 32
 assert STATE.size == 104        # the same as struct np_state_rec, field for field
 assert DELETE_REC.size == 16 and BULK_START_REC.size == 8 and BULK_END_REC.size == 12
 assert UPDATE_REQUEST_REC.size == 16 and HELLO_REC.size == 20 and ACK_REC.size == 12
+
+
+class Packed(NamedTuple):
+    """``count`` records of one action already in wire form (``data``: count x size bytes)."""
+    count: int
+    data: bytes
+
+
+PACKED_ACTIONS = frozenset({BULK_STATE})     # decoded as Packed, checked at import
+
+
+def records_size(action: int, recs) -> int:
+    """Bytes of a section's records (a tuple of records or a Packed)."""
+    return len(recs.data) if isinstance(recs, Packed) else len(recs) * RECORDS[action].size
+
+
+def record_count(recs) -> int:
+    return recs.count if isinstance(recs, Packed) else len(recs)
 
 
 class Delete(NamedTuple):
@@ -262,7 +292,7 @@ OVERHEAD = HEADER.size + MAC_SIZE
 
 def message_size(sections) -> int:
     """Bytes of a datagram carrying these sections."""
-    return OVERHEAD + sum(SECTION.size + len(recs) * RECORDS[a].size for a, recs in sections)
+    return OVERHEAD + sum(SECTION.size + records_size(a, recs) for a, recs in sections)
 
 
 def new_epoch() -> int:
@@ -318,10 +348,16 @@ class Codec:
                              msg.xmit, msg.seq, msg.ack, len(msg.sections), 0)]
         for action, recs in msg.sections:
             rec = RECORDS.get(action)
-            if rec is None or not 0 < len(recs) <= 0xFFFF:
-                raise ValueError(f"bad section {action} x {len(recs)}")
-            parts.append(SECTION.pack(action, 0, len(recs), rec.size, 0))
-            parts.extend(rec.pack(r) for r in recs)
+            count = record_count(recs)
+            if rec is None or not 0 < count <= 0xFFFF:
+                raise ValueError(f"bad section {action} x {count}")
+            parts.append(SECTION.pack(action, 0, count, rec.size, 0))
+            if isinstance(recs, Packed):
+                if len(recs.data) != count * rec.size:
+                    raise ValueError(f"packed section of {len(recs.data)} bytes for {count} records")
+                parts.append(recs.data)
+            else:
+                parts.extend(rec.pack(r) for r in recs)
         body = b"".join(parts)
         return body + self.mac(body)
 
@@ -371,6 +407,10 @@ class Codec:
                 raise _Reject("bad_record_size")
             if r1 or r2 or count == 0 or off + count * size > end:
                 raise _Reject("bad_section")
+            if action in PACKED_ACTIONS:
+                sections.append((action, Packed(count, data[off:off + count * size])))
+                off += count * size
+                continue
             recs = []
             for i in range(count):
                 r = rec.unpack(data, off + i * size)

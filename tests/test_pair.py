@@ -187,3 +187,24 @@ def test_a_standby_bulk_syncs_again_when_the_active_stream_restarts(units):
     assert b.pair.requester.counters["requests"] == requests + 1
     assert ids(b.core) == ids(a.core) and lost not in ids(b.core)
     assert b.pair.role.state is RoleState.STANDBY_READY
+
+
+def test_lag_of_live_changes_is_taken_at_the_standby_ack_from_their_offer(units):
+    t = [100.0]                                     # the lag clock, ms
+    a, b = units(lag_clock=lambda: t[0], hold_ms=500)  # no false "peer silent" on a busy machine
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
+    for port in range(40000, 40030):                # bulk-synced: not live, not measured
+        a.flow(port)
+    b.pair.start()
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY), b.pair.status()
+    assert run([a, b], lambda: a.pair.transport.idle())
+    assert a.pair.lag.count == 0
+    for port in range(42000, 42020):                # offered at t = 100 ms
+        a.flow(port)
+    t[0] = 104.5                                    # every ack arrives "4.5 ms later"
+    assert run([a, b], lambda: a.pair.lag.count == 20 and a.pair.transport.idle())
+    lag = a.pair.status()["lag"]
+    assert lag["count"] == 20 and lag["max_ms"] == 4.5 and lag["sum_ms"] == 20 * 4.5
+    assert lag["p50_ms"] == lag["p99_ms"] == 5      # the bucket (3, 5] ms
+    assert b.pair.lag.count == 0                    # only the active measures

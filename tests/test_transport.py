@@ -382,3 +382,82 @@ def test_real_udp_on_loopback():
     finally:
         la.close()
         lb.close()
+
+
+# ------------------------------------------------------------------ replication lag (lag.py)
+
+def _lag_pair(**kw):
+    acked: list[tuple[int, list[float]]] = []
+    p = Pair(**kw)
+    p.a._on_acked = lambda times: acked.append((p.now, list(times)))
+    return p, acked
+
+
+def test_lag_is_taken_at_the_ack_from_the_offer_time_of_each_change():
+    p, acked = _lag_pair()
+    p.now = 10
+    for i in range(1, 4):
+        p.a.submit(Change("delete", A_UNIT, i, None), p.now, offered_ms=7.5)   # offered 2.5 ms ago
+    p.a.submit(Change("delete", A_UNIT, 9, None), p.now)                       # no offer time: not measured
+    p.settle()
+    (at, times), = acked                      # one message, one cumulative ack
+    assert sorted(times) == [7.5, 7.5, 7.5]
+    # flush after 1 ms, 1 ms on the link, ack after 1 ms, 1 ms back
+    assert at - 7.5 == pytest.approx(2.5 + 4, abs=1)
+
+
+def test_a_coalesced_change_keeps_its_oldest_offer_and_is_measured_once():
+    p, acked = _lag_pair()
+    p.a.submit(Change("delete", A_UNIT, 1, None), 0, offered_ms=0.0)
+    p.a.submit(Change("delete", A_UNIT, 1, None), 0, offered_ms=0.6)
+    p.settle()
+    assert [t for _, ts in acked for t in ts] == [0.0]
+    assert p.a.counters["tx_coalesced"] == 1
+
+
+def test_a_retransmitted_message_counts_from_the_original_offer():
+    p, acked = _lag_pair()
+    p.ab.loss = 1.0                                  # the first send is lost
+    p.a.submit(Change("delete", A_UNIT, 1, None), 0, offered_ms=0.0)
+    p.tick(2)
+    assert p.ab.dropped == 1 and not acked
+    p.ab.loss = 0.0
+    p.settle()
+    (at, times), = acked
+    assert times == [0.0] and p.a.counters["tx_retransmits"] >= 1
+    assert at >= p.a.rto_ms + 2                      # the lag includes the loss and the resend
+
+
+def test_packed_bulk_records_and_markers_carry_no_offer_time():
+    from replication.wire import BULK_STATE, Packed
+    got = []
+    p, acked = _lag_pair(b_deliver=lambda action, rec: got.append((action, rec)))
+    recs = bytes(range(104)) * 3
+    p.a.send(BULK_START, BulkStart(1, 3), 0)
+    p.a.send(BULK_STATE, Packed(3, recs), 0)
+    p.settle()
+    assert acked == []
+    assert got == [(BULK_START, BulkStart(1, 3)), (BULK_STATE, Packed(3, recs))]   # whole, once
+    assert p.a.counters["tx_records"] == 4 and p.b.counters["rx_records"] == 4
+    with pytest.raises(ValueError):                  # a run must fit one datagram
+        p.a.send(BULK_STATE, Packed(13, bytes(13 * 104)), p.now)
+
+
+def test_the_retransmission_timeout_follows_the_round_trip():
+    """A standby that takes 20 ms to answer (a bulk sync queued at it) is not sent everything
+    again every 5 ms: after the first round trips the timeout is above the round trip."""
+    p = Pair()
+    p.ab.delay_ms = p.ba.delay_ms = 10
+    for i in range(300):
+        p.a.submit(Change("delete", A_UNIT, i + 1, None), p.now)
+        p.tick()
+    p.settle()
+    assert p.a.rto >= 20                                 # the round trip: 2 x 10 ms + the ack delay
+    assert p.a.counters["tx_retransmits"] <= 40   # the first round trips only (a fixed 5 ms: 600)
+    fixed = Pair(rto_ms=5)
+    fixed.ab.delay_ms = fixed.ba.delay_ms = 1
+    for i in range(50):
+        fixed.a.submit(Change("delete", A_UNIT, i + 1, None), fixed.now)
+        fixed.tick()
+    fixed.settle()
+    assert fixed.a.rto == 5 and fixed.a.counters["tx_retransmits"] == 0   # a fast link keeps 5 ms

@@ -94,10 +94,12 @@ def up(topo: Topology, log=print) -> None:
                 ipr.link("add", ifname=link.port, kind="veth",
                          peer={"ifname": link.leg, "net_ns_fd": topo.ns(link.node)})
                 port = ipr.link_lookup(ifname=link.port)[0]
+                ipr.link("set", index=port, mtu=link.mtu)
                 ipr.link("set", index=port, master=ipr.link_lookup(ifname=BRIDGE)[0])
                 ipr.link("set", index=port, state="up")
             with IPRoute(netns=topo.ns(link.node), flags=0) as ipr:
                 leg = ipr.link_lookup(ifname=link.leg)[0]
+                ipr.link("set", index=leg, mtu=link.mtu)
                 for cidr in link.addrs:
                     _addr_add(ipr, leg, cidr)
                 ipr.link("set", index=leg, state="up")
