@@ -5,7 +5,8 @@ Two small programs, run with ``python -m scripts.lab.stream`` inside the lab's n
     sink  --proto udp|tcp --bind ADDR --port P --seconds S
           prints "ready", then receives 16-byte records (seq u64, send time ns u64) until
           S seconds passed (or the TCP peer closed), and prints one JSON line: received,
-          the largest gap between two arrivals (ms), the source ports seen (first, last,
+          the largest gap between two arrivals (ms), the three largest in the order they
+          happened (ms, one per kill of a run), the source ports seen (first, last,
           distinct count), whether the TCP connection was reset.
     send  --proto udp|tcp --to ADDR --port P --pps N --seconds S
           sends N records a second for S seconds (one TCP connection, or one UDP socket:
@@ -75,7 +76,9 @@ def sink(proto: str, bind: str, port: int, seconds: float) -> dict:
                 arrivals.extend([now] * n)
                 buf = buf[n * REC.size:]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    largest = sorted(sorted(range(len(gaps)), key=gaps.__getitem__)[-3:])
     return {"received": len(arrivals), "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+            "gaps_ms": [round(gaps[i] * 1000, 1) for i in largest],
             "ports": ports[:1] + ports[-1:], "distinct_ports": len(set(ports)), "reset": reset}
 
 
