@@ -20,6 +20,9 @@ it every millisecond or when a datagram arrives). Names used:
 - bulk on the wire: BulkRequest = UPDATE_REQUEST(0, 0, request); BulkStart = BULK_START;
   each record of a BulkChunk = one BULK_STATE record (it belongs to the request of the
   last BULK_START); BulkEnd = BULK_END (sent = the records that went on the wire).
+- ``neighbours`` (optional, replication/neighbours.py): the active sends its data legs'
+  neighbour changes as NEIGH records while the peer is a standby, and its whole neighbour
+  table after each BULK_START; the standby hands received ones to ``neighbours.install``.
 - the standby imports: live INSERT/UPDATE/DELETE through ``BulkRequester.apply_live``
   (always, so a bulk in progress can see them), bulk records through ``on_message``.
 - a silent peer resets the link (a new epoch, nothing unacked kept for a peer that will
@@ -47,8 +50,8 @@ from replication.lag import LagHistogram
 from replication.role import STANDBY_STATES, Actions, Role, RoleState
 from replication.transport import FtfwTransport
 from replication.udp import UdpLink
-from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, UPDATE,
-                              UPDATE_REQUEST, Codec)
+from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, NEIGH,
+                              UPDATE, UPDATE_REQUEST, Codec)
 
 HTTP_PORT = 80
 TCP = 6
@@ -80,7 +83,7 @@ class Pair:
                  local: tuple[str, int], peer: tuple[str, int], priority: int = 100,
                  poll_ms: int = 10, hold_ms: int = 50, preempt: bool = False,
                  http_replication: bool = False, actions: Actions | None = None,
-                 clock: Callable[[], int] = monotonic_ms, name: str = "pair"):
+                 clock: Callable[[], int] = monotonic_ms, name: str = "pair", neighbours=None):
         self.core, self.lock = core, core_lock
         self.unit_id, self.key, self.http = unit_id, bytes(key), http_replication
         self.clock = clock
@@ -102,6 +105,7 @@ class Pair:
         self._set_transport()
         self.table_size = 0
         self.lag = LagHistogram()      # filled on the active as the standby acks (see lag.py)
+        self.neighbours = neighbours   # replication.neighbours.Neighbours, or None
 
     # ---- the link ----
 
@@ -169,6 +173,9 @@ class Pair:
                 self._reset_link("peer silent")
             self.role.on_detect(event, reason)
         self._bulk(now)
+        if self.neighbours is not None:
+            for rec in self.neighbours.outgoing(now, self.replicating()):
+                self.transport.send(NEIGH, rec, now)
         self.transport.poll(now)
 
     def _submit(self, now: int) -> None:
@@ -235,6 +242,10 @@ class Pair:
             self.counters["rx_ignored_active"] += 1
             return
         r = self.requester
+        if action == NEIGH:
+            if self.neighbours is not None:
+                self.neighbours.install(rec)
+            return
         if action in (INSERT, UPDATE):
             r.apply_live(Change("update", rec.creator, rec.id, rec))
         elif action == DELETE:
@@ -271,6 +282,8 @@ class Pair:
         if isinstance(msg, bulk.BulkStart):
             self._bulk_tx_sent = 0
             tr.send(BULK_START, wire.BulkStart(msg.request, msg.total), now)
+            for rec in self.neighbours.snapshot() if self.neighbours is not None else ():
+                tr.send(NEIGH, rec, now)
         elif isinstance(msg, bulk.BulkChunk):
             for rec in msg.records:
                 if not self.http and is_http(rec):
@@ -333,4 +346,6 @@ class Pair:
         out.update({f"pair_{k}": v for k, v in self.counters.items()})
         out.update({f"role_{k}": v for k, v in self.role.counters.items()})
         out.update({f"detect_{k}": v for k, v in self.detector.counters.items()})
+        if self.neighbours is not None:
+            out.update({f"neigh_{k}": v for k, v in self.neighbours.counters.items()})
         return out
