@@ -59,6 +59,7 @@ F_YIELDING = 0x01
 BULK_PENDING_MAX = 4096         # records queued in the transport before the bulk sender waits
 OFFER_MAX = 1 << 20             # journal changes waiting for the loop (then: dropped, counted)
 REQUEST_AGAIN_MS = 1000         # a failed bulk sync is asked for again after this long
+NEGOTIATION_GRACE_MS = 250      # at start, listen this much beyond hold_ms before going active alone
 
 
 def is_http(rec: StateRecord) -> bool:
@@ -147,6 +148,7 @@ class Pair:
     # ---- the loop ----
 
     def start(self) -> None:
+        self.detector.start(NEGOTIATION_GRACE_MS)   # a rejoining unit must hear the active first
         self.role.start()
 
     def replicating(self) -> bool:
