@@ -26,6 +26,7 @@ pytestmark = pytest.mark.netns
 FAKE = "198.18.1.77"                     # no such host: fw-b can only have it from fw-a
 FAKE_MAC, FAKE_MAC2 = "02:00:5e:10:01:77", "02:00:5e:10:02:77"
 FW_B_INSIDE = "198.18.1.3"
+TIMERS = {"poll_ms": 20, "hold_ms": 300}     # not about detection: no false failover under load
 
 
 def neighbours(lab_: Lab, node: str, leg: str) -> dict[str, tuple[str, int]]:
@@ -61,7 +62,7 @@ def wait_for(what, timeout_s: float = 5.0):
 def test_the_standby_gets_the_active_s_neighbours_with_the_same_macs(request):
     lab_ = Lab.up(lab(unique_prefix("n")), request)
     topo = lab_.topo
-    a = start_unit(topo, FW_A, log=quiet, failover=True)
+    a = start_unit(topo, FW_A, log=quiet, failover=True, **TIMERS)
     wait_role(topo, FW_A, ("ACTIVE",))
     r = lab_.run(HOST, ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", SERVER_ADDR], timeout=10)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -71,7 +72,7 @@ def test_the_standby_gets_the_active_s_neighbours_with_the_same_macs(request):
     assert HOST_ADDR not in neighbours(lab_, FW_B, INSIDE_LEG)
 
     # the bulk sync of a joining standby carries them
-    start_unit(topo, FW_B, log=quiet, failover=True)
+    start_unit(topo, FW_B, log=quiet, failover=True, **TIMERS)
     wait_role(topo, FW_B, ("STANDBY_READY",))
     inside = wait_for(lambda: neighbours(lab_, FW_B, INSIDE_LEG).get(HOST_ADDR))
     outside = wait_for(lambda: neighbours(lab_, FW_B, OUTSIDE_LEG).get(SERVER_ADDR))

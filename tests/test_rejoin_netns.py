@@ -9,6 +9,7 @@ the flow's state; then fw-b is killed and fw-a takes the flow back: every byte a
 NAT port from first to last, no reset seen by either end.
 """
 import json
+import signal
 import time
 
 import pytest
@@ -21,13 +22,16 @@ from test_failover_netns import stream, tcp_counter
 pytestmark = pytest.mark.netns
 
 STREAM_PORT = 9300
-SEND_S = 8
+SEND_S = 60                     # at most: stopped (SIGINT) once the flow is back on fw-a
+AFTER_S = 1.5                   # of the flow through fw-a after the second kill
+# not a test of detection speed: timers that no load on a shared 2-core machine trips
+TIMERS = {"poll_ms": 20, "hold_ms": 300}
 
 
 @pytest.fixture
 def pair(request):
     lab_ = Lab.up(lab(unique_prefix("j")), request)
-    units = labrun.start_pair(lab_.topo, "c", log=quiet)
+    units = labrun.start_pair(lab_.topo, "c", log=quiet, **TIMERS)
     return lab_, units
 
 
@@ -35,7 +39,7 @@ def test_a_rejoined_unit_is_ready_and_a_second_failover_back_keeps_the_flow(pair
     lab_, units = pair
     resets = {n: tcp_counter(lab_, n, "EstabResets") for n in (HOST, SERVER)}
     sink = lab_.spawn(SERVER, stream(lab_, SERVER, "sink", "--proto", "tcp", "--bind", SERVER_ADDR,
-                                     "--port", STREAM_PORT, "--seconds", SEND_S + 10),
+                                     "--port", STREAM_PORT, "--seconds", SEND_S + 30),
                       cwd=str(labrun.REPO))
     assert sink.stdout.readline().strip() == "ready"
     sender = lab_.spawn(HOST, stream(lab_, HOST, "send", "--proto", "tcp", "--to", SERVER_ADDR,
@@ -45,7 +49,7 @@ def test_a_rejoined_unit_is_ready_and_a_second_failover_back_keeps_the_flow(pair
     dead, survivor, _ = labrun.kill_active(lab_.topo, log=quiet)
     assert (dead, survivor) == (FW_A, FW_B)
 
-    rejoined = labrun.rejoin(lab_.topo, FW_A, "c", log=quiet)
+    rejoined = labrun.rejoin(lab_.topo, FW_A, "c", log=quiet, **TIMERS)
     roles = rejoined["roles"]
     assert roles[-1] == "STANDBY_READY", roles
     assert roles.index("STANDBY_COLD") < roles.index("BULK_SYNC") < roles.index("STANDBY_READY")
@@ -55,6 +59,8 @@ def test_a_rejoined_unit_is_ready_and_a_second_failover_back_keeps_the_flow(pair
     assert sender.poll() is None, "the stream ended before the second kill: nothing tested"
     dead, survivor, took_ms = labrun.kill_active(lab_.topo, log=quiet)
     assert (dead, survivor) == (FW_B, FW_A)
+    time.sleep(AFTER_S)
+    sender.send_signal(signal.SIGINT)
 
     sent = json.loads(sender.communicate(timeout=30)[0].strip().splitlines()[-1])
     got = json.loads(sink.communicate(timeout=30)[0].strip().splitlines()[-1])

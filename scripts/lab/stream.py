@@ -10,7 +10,8 @@ Two small programs, run with ``python -m scripts.lab.stream`` inside the lab's n
           distinct count), whether the TCP connection was reset.
     send  --proto udp|tcp --to ADDR --port P --pps N --seconds S
           sends N records a second for S seconds (one TCP connection, or one UDP socket:
-          the NAT port must stay the same), then prints one JSON line: sent, error.
+          the NAT port must stay the same), or until SIGINT, then prints one JSON line:
+          sent, error.
 
 ``lost`` = sent - received; the gap is measured where it matters, at the receiver.
 """
@@ -107,6 +108,8 @@ def send(proto: str, to: str, port: int, pps: int, seconds: float) -> dict:
             time.sleep(max(0.0, start + due * period - time.monotonic()))
     except OSError as e:
         error = f"{type(e).__name__}: {e}"
+    except KeyboardInterrupt:
+        pass                            # SIGINT: the caller has seen enough; a normal end
     finally:
         s.close()
     return {"sent": sent, "error": error}
