@@ -5,7 +5,7 @@ The lab's topology under a unique prefix `npj<hex>-` (always taken down), fw-a a
 started as a pair (scripts/lab/run.start_pair). fw-a is killed like a power cut, brought back
 by scripts/lab/run.rejoin (build.power_on: its namespace and legs again, then its daemon),
 and must go standby-cold -> bulk-sync -> standby-ready behind fw-b, the bulk sync carrying
-the flow's state; then fw-b is killed and fw-a takes the flow back: every byte arrives, one
+the flow's state and the inside host's neighbour entry; then fw-b is killed and fw-a takes the flow back: every byte arrives, one
 NAT port from first to last, no reset seen by either end.
 """
 import json
@@ -16,8 +16,10 @@ import pytest
 
 from netns_lab import Lab, quiet, unique_prefix
 from scripts.lab import run as labrun
-from scripts.lab.topology import FW_A, FW_B, HOST, SERVER, SERVER_ADDR, lab
+from scripts.lab.topology import (FW_A, FW_B, HOST, HOST_ADDR, HOST_LEG, INSIDE_LEG, SERVER,
+                                  SERVER_ADDR, lab)
 from test_failover_netns import stream, tcp_counter
+from test_neighbours_netns import mac_of, neighbours, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -55,6 +57,9 @@ def test_a_rejoined_unit_is_ready_and_a_second_failover_back_keeps_the_flow(pair
     assert roles.index("STANDBY_COLD") < roles.index("BULK_SYNC") < roles.index("STANDBY_READY")
     assert "ACTIVE" not in roles, roles                 # no preemption, no dual active
     assert rejoined["bulk_records"] >= 1, rejoined      # the stream's state at least
+    # the new namespace never heard the inside host: its entry came with fw-b's bulk sync
+    host = wait_for(lambda: neighbours(lab_, FW_A, INSIDE_LEG).get(HOST_ADDR))
+    assert host and host[0] == mac_of(lab_, HOST, HOST_LEG), host
 
     assert sender.poll() is None, "the stream ended before the second kill: nothing tested"
     dead, survivor, took_ms = labrun.kill_active(lab_.topo, log=quiet)

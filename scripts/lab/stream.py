@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import struct
 import sys
@@ -94,8 +95,10 @@ def send(proto: str, to: str, port: int, pps: int, seconds: float) -> dict:
         s.settimeout(None)
     start = time.monotonic()
     period = 1.0 / pps
+    stop: list[int] = []                # SIGINT: the caller has seen enough; a normal end,
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))    # never between send and count
     try:
-        while (elapsed := time.monotonic() - start) < seconds:
+        while (elapsed := time.monotonic() - start) < seconds and not stop:
             due = int(elapsed / period) + 1
             while sent < due:
                 try:
@@ -108,8 +111,6 @@ def send(proto: str, to: str, port: int, pps: int, seconds: float) -> dict:
             time.sleep(max(0.0, start + due * period - time.monotonic()))
     except OSError as e:
         error = f"{type(e).__name__}: {e}"
-    except KeyboardInterrupt:
-        pass                            # SIGINT: the caller has seen enough; a normal end
     finally:
         s.close()
     return {"sent": sent, "error": error}
