@@ -391,6 +391,8 @@ class Daemon:
                 st = self.pair.status()
                 status.update(role=st["role"], peer=st["peer"], failover=st,
                               vips=[c for _, c in self.vips.vips] if self.pair.role.is_active else [])
+            if self.neighbours is not None:
+                status["neighbours"] = self.neighbours.status()
             return status
         return {"ok": False, "error": f"unknown cmd {cmd!r} (known: counters, status)"}
 

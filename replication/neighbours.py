@@ -245,6 +245,12 @@ class Neighbours:
         with self._lock:
             return self.book.snapshot()
 
+    def status(self) -> dict:
+        """Entries per leg in the book (what an active would send), for ``natpair status``."""
+        with self._lock:
+            legs = collections.Counter(leg for leg, _ in self.book.entries)
+        return {LEG_NAMES[leg]: legs[leg] for leg in sorted(self.leg_names)}
+
     def install(self, rec: Neighbour) -> None:
         """A record received from the active: applied on the neighbour thread."""
         self.counters["received"] += 1

@@ -50,7 +50,7 @@ def neigh(lab_: Lab, node: str, leg: str, op: str, address: str, mac: str | None
             ipr.neigh(op, dst=address, lladdr=mac, ifindex=index, state=nb.NUD_REACHABLE)
 
 
-def wait_for(what, timeout_s: float = 5.0):
+def wait_for(what, timeout_s: float = 10.0):
     deadline = time.monotonic() + timeout_s
     while True:
         got = what()
@@ -94,3 +94,6 @@ def test_the_standby_gets_the_active_s_neighbours_with_the_same_macs(request):
     assert INSIDE_GW not in neighbours(lab_, FW_B, INSIDE_LEG)
     assert b_counters["neigh_installed"] >= 4 and b_counters["neigh_removed"] >= 1, b_counters
     assert a_counters["neigh_sent"] >= 4 and b_counters["bad_record"] == 0, a_counters
+    status = control_request(str(a.socket), "status")
+    # in-host and fw-b's address (only fw-b knows it is its own), out-srv
+    assert status["neighbours"] == {"inside": 2, "outside": 1}, status
