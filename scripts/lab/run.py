@@ -317,30 +317,34 @@ def role_path(logf: Path, since: int = 0) -> list[str]:
     return path
 
 
-def rejoin(topo: Topology, name: str, feed: str = "c", log=print, **timers) -> dict:
+def rejoin(topo: Topology, name: str, feed: str = "c", log=print, alone: bool = False,
+           **timers) -> dict:
     """Bring a power-cut unit back (build.power_on), start its daemon, and wait until it is
-    STANDBY_READY behind the active peer; returns what it went through: roles, bulk sync
-    (records, ms), ms from power on to ready."""
+    STANDBY_READY behind the active peer (with `alone`, no peer runs: until it is ACTIVE);
+    returns what it went through: roles, bulk sync (records, ms), ms from power on to ready."""
     t0 = time.monotonic()
     build.power_on(topo, name, log=log)
     logf = build.run_dir(topo.prefix) / f"{name}.log"
     since = logf.stat().st_size if logf.exists() else 0
     start_unit(topo, name, feed=feed, log=log, failover=True, ready_s=REJOIN_START_S, **timers)
-    st = wait_role(topo, name, ("STANDBY_READY",), timeout_s=20)
+    st = wait_role(topo, name, ("ACTIVE",) if alone else ("STANDBY_READY",), timeout_s=20)
     ready_ms = (time.monotonic() - t0) * 1000
     bulk = st["failover"]["bulk_recv"]
     roles = role_path(logf, since)
-    log(f"lab: {name} rejoined: {' -> '.join(roles)}, bulk sync {bulk['received']} of "
-        f"{bulk['total']} states in {bulk['elapsed_ms']} ms, ready {ready_ms:.0f} ms after "
-        f"power on")
+    if alone:
+        log(f"lab: {name} back, alone: {' -> '.join(roles)} {ready_ms:.0f} ms after power on")
+    else:
+        log(f"lab: {name} rejoined: {' -> '.join(roles)}, bulk sync {bulk['received']} of "
+            f"{bulk['total']} states in {bulk['elapsed_ms']} ms, ready {ready_ms:.0f} ms after "
+            f"power on")
     return {"roles": roles, "bulk_records": bulk["received"], "bulk_ms": bulk["elapsed_ms"],
             "ready_ms": ready_ms}
 
 
-def dead_unit(topo: Topology) -> str | None:
-    """A unit of the lab whose namespace is gone (power cut), if any."""
+def dead_units(topo: Topology) -> list[str]:
+    """The units of the lab whose namespace is gone (power cut)."""
     there = build.existing_namespaces()
-    return next((u for u in UNITS if topo.ns(u) not in there), None)
+    return [u for u in UNITS if topo.ns(u) not in there]
 
 
 def _stream_argv(mode: str, proto: str, port: int, seconds: float) -> list[str]:
@@ -547,12 +551,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.rejoin:
         topo = lab(args.prefix)
-        dead = dead_unit(topo)
-        if dead is None:
+        dead = dead_units(topo)
+        if not dead:
             print("natpair lab: no unit is dead (both namespaces are there)", file=sys.stderr)
             return 1
         try:
-            rejoin(topo, dead, args.feed, poll_ms=args.poll_ms, hold_ms=args.hold_ms)
+            for i, name in enumerate(dead):     # both dead: the first alone, then the other
+                rejoin(topo, name, args.feed, alone=len(dead) == len(UNITS) and i == 0,
+                       poll_ms=args.poll_ms, hold_ms=args.hold_ms)
         except (RuntimeError, build.LabError) as e:
             print(f"natpair lab: {e}", file=sys.stderr)
             return 1
