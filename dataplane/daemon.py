@@ -404,8 +404,7 @@ def _start_neighbours(cfg: Config):
     from replication.wire import LEG_INSIDE, LEG_OUTSIDE
 
     neighbours = Neighbours({LEG_INSIDE: cfg.interfaces.inside, LEG_OUTSIDE: cfg.interfaces.outside},
-                            skip=[v.address.split("/")[0] for v in cfg.failover.vips],
-                            name=cfg.unit.name)
+                            skip=[v.address.split("/")[0] for v in cfg.failover.vips])
     neighbours.start()
     return neighbours
 

@@ -17,9 +17,8 @@ link's carrier (netlink), and feeds the events that ``poll()`` returns to
 Events (edges, one per episode, never repeated every poll):
 
 - PEER_SILENT: no hello on ANY path for ``hold_ms`` (also at start-up: a unit that
-  hears nobody for the hold time plus the start-up grace of ``start(grace_ms)`` negotiates
-  alone); or, faster, the failover
-  link's carrier dropped (the peer's end vanished) and no hello came on a data
+  hears nobody for the hold time, plus the grace of ``start(grace_ms)``, negotiates
+  alone); or, faster, the failover link's carrier dropped (the peer's end vanished) and no hello came on a data
   interface within ``confirm_polls`` polls after the drop.
 - PEER_LINK_DOWN: the carrier dropped: a hint, sent at once; the role waits.
 - DATA_LINK_PEER_ALIVE: the failover link is down or silent for the hold time but
@@ -93,12 +92,12 @@ class Detector:
         self.counters: collections.Counter[str] = collections.Counter()
 
     def start(self, grace_ms: int = 0) -> None:
-        """Silence counts from now, when the unit starts sending and listening, and the first
-        PEER_SILENT waits ``grace_ms`` beyond the hold time unless a hello came: a unit that just booted must get
-        its first hellos out before the peer can answer (the peer may hold the old MAC of our
-        failover address until our ARP tells it the new one), and a loaded machine may run
-        the first turns of the loop late. Without it a rejoining unit would find the active
-        peer "silent" and go active too."""
+        """Silence counts from now, when the unit starts sending and listening, and until a
+        hello comes PEER_SILENT waits ``grace_ms`` beyond the hold time: a unit that just
+        booted must get its first hellos out before the peer can answer (the peer may hold
+        the old MAC of our failover address until our ARP tells it the new one), and a loaded
+        machine may run the first turns of the loop late. Without it a rejoining unit would
+        find the active peer "silent" and go active too."""
         now = self.clock()
         self.started = self.last_any = self._next_send = now
         self._quiet_until = now + self.hold_ms + grace_ms

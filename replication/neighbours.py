@@ -43,10 +43,9 @@ import os
 import select
 import socket
 import threading
-from typing import Callable, Iterable
+from typing import Iterable
 
 from replication import wire
-from replication.fsm import monotonic_ms
 from replication.wire import LEG_INSIDE, LEG_OUTSIDE, NEIGH_ADD, NEIGH_DEL, Neighbour
 
 LOG = logging.getLogger("natpair")
@@ -160,12 +159,9 @@ class Neighbours:
     ``legs``: wire leg -> interface name (this unit's), ``skip``: addresses never replicated
     (the virtual ones; the unit's own are added at ``start``)."""
 
-    def __init__(self, legs: dict[int, str], skip: Iterable[str] = (), *,
-                 clock: Callable[[], int] = monotonic_ms, name: str = "neigh"):
+    def __init__(self, legs: dict[int, str], skip: Iterable[str] = ()):
         self.leg_names = dict(legs)
         self.skip = set(skip)
-        self.clock = clock
-        self.name = name
         self.book = NeighbourBook({}, self.skip)
         self.counters = self.book.counters
         self._lock = threading.Lock()            # the book: the thread vs snapshot()

@@ -148,8 +148,7 @@ def test_the_standby_installs_stale_and_never_removes_its_own_static_entries():
 
 
 def test_outgoing_drops_without_a_standby_and_refreshes_the_whole_book():
-    now = [0]
-    n = Neighbours({LEG_INSIDE: "in0"}, clock=lambda: now[0])
+    n = Neighbours({LEG_INSIDE: "in0"})
     n.book.legs = {IN: LEG_INSIDE}
     n.on_event(nb.NEW, IN, nb.NUD_REACHABLE, "198.18.1.10", HOST_MAC)
     assert n.outgoing(0, replicating=False) == [] and n.counters["dropped_no_standby"] == 1
