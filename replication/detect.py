@@ -18,8 +18,8 @@ Events (edges, one per episode, never repeated every poll):
 
 - PEER_SILENT: no hello on ANY path for ``hold_ms`` (also at start-up: a unit that
   hears nobody for the hold time, plus the grace of ``start(grace_ms)``, negotiates
-  alone); or, faster, the failover link's carrier dropped (the peer's end vanished) and no hello came on a data
-  interface within ``confirm_polls`` polls after the drop.
+  alone); or, faster, the failover link's carrier dropped (the peer's end vanished) and
+  no hello came on a data interface within ``confirm_polls`` polls after the drop.
 - PEER_LINK_DOWN: the carrier dropped: a hint, sent at once; the role waits.
 - DATA_LINK_PEER_ALIVE: the failover link is down or silent for the hold time but
   the peer still answers on a data interface: do NOT take over (split link).
