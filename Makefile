@@ -10,6 +10,7 @@
 #   make lab         the namespace lab: build, start the pair, traffic, kill the active, report
 #                    and the continuity picture (a PNG; as root)
 #   make kill-active power-cut the active unit of a running lab (as root)
+#   make rejoin      bring the dead unit of a running lab back as standby (as root)
 #   make lab-down    removes exactly what lab made (as root); LAB_PREFIX=np- for both
 #   make clean       build products (not .venv); distclean also removes .venv
 
@@ -44,7 +45,7 @@ FUZZ_CC := clang -g -O1 -fsanitize=fuzzer,address,undefined -Icext
 # UBSan only prints by default; make its findings stop the run like ASan's.
 FUZZ_ENV := UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
-.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down kill-active clean \
+.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down kill-active rejoin clean \
 	distclean
 
 # ---- deps -------------------------------------------------------------------
@@ -124,6 +125,9 @@ lab-down: $(STAMP)
 
 kill-active: build
 	$(VPY) -m scripts.lab.run --kill-active --prefix '$(LAB_PREFIX)'
+
+rejoin: build
+	$(VPY) -m scripts.lab.run --rejoin --prefix '$(LAB_PREFIX)'
 
 # ---- clean ------------------------------------------------------------------
 

@@ -13,7 +13,9 @@ Owns the unit's life cycle and its threads. Names used:
   journal on while the unit is active, drained by the feed thread between batches and
   offered to the pair; the virtual addresses (``dataplane.vips``) taken at a takeover
   (state first: the core's journal on, then the addresses, then gratuitous ARP) and given
-  back on release; a leftover of a crashed run is removed at start. A unit without
+  back on release; a leftover of a crashed run is removed at start; the neighbour table of
+  the data legs watched and installed into (``replication.neighbours``, its own thread)
+  and replicated by the pair. A unit without
   ``[failover]`` runs standalone, as before.
 - threads: the feed thread (``feed.run_once`` in a loop), the replication thread (with
   ``[failover]``: ``Pair.step`` every millisecond and on every datagram), the control thread
@@ -126,6 +128,7 @@ class Daemon:
         self.lock = threading.RLock()      # RLock: a role action may run inside a core call
         self.pair = None
         self.vips = None
+        self.neighbours = None
         self.stopping = threading.Event()
         self.core = None
         self.feed = None
@@ -262,11 +265,12 @@ class Daemon:
         self.vips = VirtualAddresses([(legs[v.leg], v.address) for v in fo.vips])
         self.vips.remove()                  # a crashed run's, or the lab's: not ours until active
         self.vips.prepare()
+        self.neighbours = _start_neighbours(self.cfg)
         self.pair = Pair(self.core, self.lock, unit_id=self.cfg.unit.creator_id, key=fo.key,
                          local=fo.local, peer=fo.peer, priority=fo.priority, poll_ms=fo.poll_ms,
                          hold_ms=fo.hold_ms, preempt=fo.preempt,
                          http_replication=fo.http_replication, actions=_PairActions(self),
-                         max_datagram=max_datagram, name=self.name)
+                         max_datagram=max_datagram, name=self.name, neighbours=self.neighbours)
 
     def _close_pair(self) -> None:
         if self.pair is not None:
@@ -277,6 +281,9 @@ class Daemon:
             if self.vips is not None:
                 self.vips.close()
             self.pair = None
+        if self.neighbours is not None:
+            self.neighbours.close()
+            self.neighbours = None
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -403,6 +410,8 @@ class Daemon:
                 st = self.pair.status()
                 status.update(role=st["role"], peer=st["peer"], failover=st,
                               vips=[c for _, c in self.vips.vips] if self.pair.role.is_active else [])
+            if self.neighbours is not None:
+                status["neighbours"] = self.neighbours.status()
             return status
         if cmd == "export":
             return self._export()
@@ -427,6 +436,18 @@ class Daemon:
         from dataplane.core import WIRE_STATE_SIZE
         return {"ok": True, "name": self.name, "states": len(data) // WIRE_STATE_SIZE,
                 "records": base64.b64encode(data).decode()}
+
+
+def _start_neighbours(cfg: Config):
+    """The data legs' neighbour table, watched (replication.neighbours); the virtual
+    addresses are never replicated."""
+    from replication.neighbours import Neighbours
+    from replication.wire import LEG_INSIDE, LEG_OUTSIDE
+
+    neighbours = Neighbours({LEG_INSIDE: cfg.interfaces.inside, LEG_OUTSIDE: cfg.interfaces.outside},
+                            skip=[v.address.split("/")[0] for v in cfg.failover.vips])
+    neighbours.start()
+    return neighbours
 
 
 class _PairActions:

@@ -17,9 +17,9 @@ link's carrier (netlink), and feeds the events that ``poll()`` returns to
 Events (edges, one per episode, never repeated every poll):
 
 - PEER_SILENT: no hello on ANY path for ``hold_ms`` (also at start-up: a unit that
-  hears nobody for the hold time negotiates alone); or, faster, the failover
-  link's carrier dropped (the peer's end vanished) and no hello came on a data
-  interface within ``confirm_polls`` polls after the drop.
+  hears nobody for the hold time, plus the grace of ``start(grace_ms)``, negotiates
+  alone); or, faster, the failover link's carrier dropped (the peer's end vanished) and
+  no hello came on a data interface within ``confirm_polls`` polls after the drop.
 - PEER_LINK_DOWN: the carrier dropped: a hint, sent at once; the role waits.
 - DATA_LINK_PEER_ALIVE: the failover link is down or silent for the hold time but
   the peer still answers on a data interface: do NOT take over (split link).
@@ -87,8 +87,20 @@ class Detector:
         self.silent = False             # PEER_SILENT sent in this episode
         self.split = False              # DATA_LINK_PEER_ALIVE sent in this episode
         self._next_send = now
+        self._quiet_until = now         # start(): no PEER_SILENT before this
         self._out: list[tuple[RoleEvent, str]] = []
         self.counters: collections.Counter[str] = collections.Counter()
+
+    def start(self, grace_ms: int = 0) -> None:
+        """Silence counts from now, when the unit starts sending and listening, and until a
+        hello comes PEER_SILENT waits ``grace_ms`` beyond the hold time: a unit that just
+        booted must get its first hellos out before the peer can answer (the peer may hold
+        the old MAC of our failover address until our ARP tells it the new one), and a loaded
+        machine may run the first turns of the loop late. Without it a rejoining unit would
+        find the active peer "silent" and go active too."""
+        now = self.clock()
+        self.started = self.last_any = self._next_send = now
+        self._quiet_until = now + self.hold_ms + grace_ms
 
     # ---- sending ----
 
@@ -107,7 +119,7 @@ class Detector:
         """The latest time the caller should call ``hellos_due``/``poll`` again."""
         d = [self._next_send]
         if not self.silent:
-            d.append(self.last_any + self.hold_ms)
+            d.append(max(self.last_any + self.hold_ms, self._quiet_until))
         if self._confirm_deadline is not None:
             d.append(self._confirm_deadline)
         return min(d)
@@ -121,6 +133,7 @@ class Detector:
         self.counters[f"hellos_rx_{path}"] += 1
         self.last[path] = now
         self.last_any = now
+        self._quiet_until = now         # the start-up grace is for a peer not heard yet
         if self.silent:
             self.silent = False
             self.counters["peer_back"] += 1
@@ -162,7 +175,7 @@ class Detector:
             self.counters["silent_carrier"] += 1
             out.append(self._silent(f"failover carrier lost and no hello on {'/'.join(self.data_paths)} "
                                     f"for {now - self.carrier_down_at} ms"))
-        elif now - self.last_any >= self.hold_ms:
+        elif now - self.last_any >= self.hold_ms and now >= self._quiet_until:
             self.counters["silent_hold"] += 1
             out.append(self._silent(f"no hello on any path for {now - self.last_any} ms "
                                     f"(hold {self.hold_ms} ms)"))

@@ -29,6 +29,9 @@ used:
   keeps those times per sent message and, when the standby's cumulative ack covers one,
   ``lag`` observes now - offer time of each of its changes (retransmissions count from
   the offer; a coalesced record from its oldest change).
+- ``neighbours`` (optional, replication/neighbours.py): the active sends its data legs'
+  neighbour changes as NEIGH records while the peer is a standby, and its whole neighbour
+  table after each BULK_START; the standby hands received ones to ``neighbours.install``.
 - the standby imports: live INSERT/UPDATE/DELETE through ``BulkRequester.apply_live``
   (always, so a bulk in progress can see them), bulk records through ``on_message``.
 - a silent peer resets the link (a new epoch, nothing unacked kept for a peer that will
@@ -59,8 +62,8 @@ from replication.switchover import F_WANTS_ACTIVE, Switchover
 from replication.tables import TableStats, applied
 from replication.transport import FtfwTransport
 from replication.udp import UdpLink
-from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, OVERHEAD,
-                              SECTION, STATE, UPDATE, UPDATE_REQUEST, Codec, Packed)
+from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, NEIGH,
+                              OVERHEAD, SECTION, STATE, UPDATE, UPDATE_REQUEST, Codec, Packed)
 
 HTTP_PORT = 80
 TCP = 6
@@ -70,6 +73,7 @@ BULK_INFLIGHT = 32             # unacked messages before the bulk sender waits (
 BULK_CHUNKS_PER_STEP = 16       # datagrams of bulk records read per step
 OFFER_MAX = 1 << 20             # journal changes waiting for the loop (then: dropped, counted)
 REQUEST_AGAIN_MS = 1000         # a failed bulk sync is asked for again after this long
+NEGOTIATION_GRACE_MS = 250      # at start, listen this much beyond hold_ms before going active alone
 
 
 def monotonic_ms_float() -> float:
@@ -99,7 +103,8 @@ class Pair:
                  poll_ms: int = 10, hold_ms: int = 50, preempt: bool = False,
                  http_replication: bool = False, actions: Actions | None = None,
                  max_datagram: int = wire.MAX_DATAGRAM, clock: Callable[[], int] = monotonic_ms,
-                 lag_clock: Callable[[], float] = monotonic_ms_float, name: str = "pair"):
+                 lag_clock: Callable[[], float] = monotonic_ms_float, name: str = "pair",
+                 neighbours=None):
         self.core, self.lock = core, core_lock
         self.unit_id, self.key, self.http = unit_id, bytes(key), http_replication
         self.max_datagram = max_datagram
@@ -127,6 +132,7 @@ class Pair:
         self.table_size = 0
         self.tables = TableStats()     # per replicated table: sent, received, errors
         self.switchover = Switchover(self)   # natpair failover active|standby
+        self.neighbours = neighbours   # replication.neighbours.Neighbours, or None
 
     # ---- the link ----
 
@@ -171,6 +177,7 @@ class Pair:
     # ---- the loop ----
 
     def start(self) -> None:
+        self.detector.start(NEGOTIATION_GRACE_MS)   # a rejoining unit must hear the active first
         self.role.start()
 
     def replicating(self) -> bool:
@@ -198,6 +205,9 @@ class Pair:
                 self._reset_link("peer silent")
             self.role.on_detect(event, reason)
         self._bulk(now)
+        if self.neighbours is not None:
+            for rec in self.neighbours.outgoing(now, self.replicating()):
+                self.transport.send(NEIGH, rec, now)
         self.transport.poll(now)
 
     def send_hello(self, now: int) -> None:
@@ -284,6 +294,10 @@ class Pair:
             self.counters["rx_ignored_active"] += 1
             return
         r = self.requester
+        if action == NEIGH:
+            if self.neighbours is not None:
+                self.neighbours.install(rec)
+            return
         if action in (INSERT, UPDATE):
             r.apply_live(Change("update", rec.creator, rec.id, rec))
         elif action == DELETE:
@@ -325,6 +339,8 @@ class Pair:
             self._bulk_tx_sent = 0
             self.tables.sent(BULK_START)
             tr.send(BULK_START, wire.BulkStart(msg.request, msg.total), now)
+            for rec in self.neighbours.snapshot() if self.neighbours is not None else ():
+                tr.send(NEIGH, rec, now)
         elif isinstance(msg, bulk.BulkChunk):
             tr.send(BULK_STATE, Packed(msg.count, msg.records), now)
             self._bulk_tx_sent += msg.count
@@ -393,4 +409,6 @@ class Pair:
         out.update({f"pair_{k}": v for k, v in self.counters.items()})
         out.update({f"role_{k}": v for k, v in self.role.counters.items()})
         out.update({f"detect_{k}": v for k, v in self.detector.counters.items()})
+        if self.neighbours is not None:
+            out.update({f"neigh_{k}": v for k, v in self.neighbours.counters.items()})
         return out

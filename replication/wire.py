@@ -62,10 +62,33 @@ epoch are valid). Actions and their records (sizes in bytes):
   ACK             ack (12): kind, first, last; kind ACK: the sender's stream received up to
                   last; NACK: first..last are missing; SKIP: my stream resumes at first,
                   what is below is gone (the receiver must bulk sync)
+  NEIGH (20)      neigh (16): a neighbour (ARP) entry of a data leg (neighbours.py), in the
+                  reliable stream, live and after each BULK_START:
+
+                   0               1               2               3
+                  +---------------+---------------+-------------------------------+
+                  |  op (ADD 0,   |  leg (inside  |         reserved (0)          |
+                  |   DEL 1)      |  0, outside 1)|                               |
+                  +---------------+---------------+-------------------------------+
+                  |                    IPv4 address                               |
+                  +---------------------------------------------------------------+
+                  |                    MAC address (6 bytes)  ...                 |
+                  +-------------------------------+-------------------------------+
+                  |   ... MAC address             |         reserved (0)          |
+                  +-------------------------------+-------------------------------+
+
+                  refused as bad_record: a reserved field set, an unknown op or leg, an
+                  address that is no unicast host (0/8, 127/8, 224/3, 255.255.255.255), an
+                  ADD with a zero or group MAC, a DEL with a MAC
+
+Version 2 added NEIGH (a version-1 unit would refuse a datagram holding one as
+unknown_action and stall the stream; with the version bumped it refuses every datagram as
+bad_version, loudly, and both ends count it).
 
 Names: ``Message`` (a decoded or to-be-encoded datagram), ``Codec`` (key, unit, replay
-window, drop counters), ``Packed`` (a section's records as bytes), the record tuples ``Delete``, ``BulkStart``, ``BulkEnd``,
-``UpdateRequest``, ``Hello``, ``AckRange``, and ``StateRecord`` from dataplane.core.
+window, drop counters), ``Packed`` (a section's records as bytes), the record tuples
+``Delete``, ``BulkStart``, ``BulkEnd``, ``UpdateRequest``, ``Hello``, ``AckRange``,
+``Neighbour``, and ``StateRecord`` from dataplane.core.
 Drop reasons, one counter each: short, bad_magic, bad_version, bad_length, bad_mac,
 bad_header, own_unit, bad_section_count, unknown_action, bad_record_size, bad_section,
 bad_record, stale_epoch, stale, replay (and decode_error for a bug, never expected).
@@ -75,6 +98,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import struct
 import time
 from typing import Callable, NamedTuple
@@ -84,7 +108,7 @@ from replication.counters import Counters
 from replication.replay import ReplayWindow
 
 MAGIC = b"NPSY"
-VERSION = 1
+VERSION = 2                     # 2: NEIGH
 MAX_DATAGRAM = 1400             # default limit, below a 1500 MTU with IP/UDP (and a VLAN)
 MAX_UDP = 65507
 IP_UDP_HEADERS = 28
@@ -110,13 +134,21 @@ UPDATE_REQUEST = 6
 HELLO = 7
 ACK = 8
 BULK_STATE = 9
-ACTION_NAMES = {BULK_STATE: "BULK_STATE", INSERT: "INSERT", UPDATE: "UPDATE", DELETE: "DELETE", BULK_START: "BULK_START",
+NEIGH = 20                      # apart from the others' numbers: branches add actions
+ACTION_NAMES = {NEIGH: "NEIGH", BULK_STATE: "BULK_STATE", INSERT: "INSERT", UPDATE: "UPDATE", DELETE: "DELETE", BULK_START: "BULK_START",
                 BULK_END: "BULK_END", UPDATE_REQUEST: "UPDATE_REQUEST", HELLO: "HELLO", ACK: "ACK"}
 
 # ACK record kinds
 ACK_CUMULATIVE = 0
 ACK_NACK = 1
 ACK_SKIP = 2
+
+# NEIGH ops and legs
+NEIGH_ADD = 0
+NEIGH_DEL = 1
+LEG_INSIDE = 0
+LEG_OUTSIDE = 1
+NO_MAC = "00:00:00:00:00:00"
 
 # BULK_END status
 BULK_OK = 0
@@ -134,11 +166,13 @@ BULK_END_REC = struct.Struct("!IIBBH")
 UPDATE_REQUEST_REC = struct.Struct("!QII")
 HELLO_REC = struct.Struct("!BBBBHHIII")
 ACK_REC = struct.Struct("!BBHII")
+NEIGH_REC = struct.Struct("!BBH4s6sH")
 
 assert HEADER.size == 48 and SECTION.size == 8 and MAC_SIZE == 32
 assert STATE.size == 104        # the same as struct np_state_rec, field for field
 assert DELETE_REC.size == 16 and BULK_START_REC.size == 8 and BULK_END_REC.size == 12
 assert UPDATE_REQUEST_REC.size == 16 and HELLO_REC.size == 20 and ACK_REC.size == 12
+assert NEIGH_REC.size == 16
 
 
 class Packed(NamedTuple):
@@ -196,6 +230,13 @@ class AckRange(NamedTuple):
     kind: int
     first: int
     last: int
+
+
+class Neighbour(NamedTuple):
+    op: int                     # NEIGH_ADD, NEIGH_DEL
+    leg: int                    # LEG_INSIDE, LEG_OUTSIDE
+    address: str                # "a.b.c.d"
+    mac: str = NO_MAC           # "aa:bb:cc:dd:ee:ff", lower case; NO_MAC for a DEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +304,33 @@ def _unpack_ack(b: bytes, off: int) -> AckRange | None:
     return None if pad or pad2 or kind not in (ACK_CUMULATIVE, ACK_NACK, ACK_SKIP) else AckRange(kind, first, last)
 
 
+def _pack_neigh(r: Neighbour) -> bytes:
+    mac = bytes.fromhex(r.mac.replace(":", ""))
+    if len(mac) != 6:
+        raise ValueError(f"not a MAC address: {r.mac!r}")
+    return NEIGH_REC.pack(r.op, r.leg, 0, ipaddress.IPv4Address(r.address).packed, mac, 0)
+
+
+def neighbour_ok(address: str) -> bool:
+    """A unicast host address a neighbour entry may be for."""
+    a = ipaddress.IPv4Address(address)
+    return not (a.packed[0] in (0, 127) or a.packed[0] >= 224)
+
+
+def _unpack_neigh(b: bytes, off: int) -> Neighbour | None:
+    op, leg, pad, addr, mac, pad2 = NEIGH_REC.unpack_from(b, off)
+    if pad or pad2 or op not in (NEIGH_ADD, NEIGH_DEL) or leg not in (LEG_INSIDE, LEG_OUTSIDE):
+        return None
+    address = str(ipaddress.IPv4Address(addr))
+    if not neighbour_ok(address):
+        return None
+    if op == NEIGH_ADD and (mac == bytes(6) or mac[0] & 1):
+        return None                     # no MAC, or a group MAC: no host's
+    if op == NEIGH_DEL and mac != bytes(6):
+        return None
+    return Neighbour(op, leg, address, mac.hex(":"))
+
+
 class _Rec(NamedTuple):
     size: int
     pack: Callable[[object], bytes]
@@ -285,6 +353,7 @@ RECORDS: dict[int, _Rec] = {
                                                          r.hold_ms, r.table_size, r.bulk_done,
                                                          r.bulk_total), _unpack_hello),
     ACK: _Rec(ACK_REC.size, lambda r: ACK_REC.pack(r.kind, 0, 0, r.first, r.last), _unpack_ack),
+    NEIGH: _Rec(NEIGH_REC.size, _pack_neigh, _unpack_neigh),
 }
 
 OVERHEAD = HEADER.size + MAC_SIZE

@@ -13,6 +13,7 @@ import random
 import pytest
 
 from dataplane.core import Change, Core, NotFound
+from replication import wire
 from replication.transport import FtfwTransport, seq_diff
 from replication.udp import UdpLink, now_ms
 from replication.wire import (BULK_END, BULK_START, DELETE, HELLO, INSERT, UPDATE, UPDATE_REQUEST,
@@ -265,7 +266,7 @@ def _tamper(good: bytes) -> dict[str, bytes]:
     b = bytearray(good)
     b[60] ^= 0x01
     wrong_version = bytearray(good)
-    wrong_version[4] = 2
+    wrong_version[4] = wire.VERSION + 1
     return {"bad_mac": bytes(b), "short": good[:40], "bad_length": good[:-5],
             "bad_version": bytes(wrong_version)}
 

@@ -113,7 +113,7 @@ class NpSection(_Rec):
 
 class NpSync(Packet):
     name = "natpair sync"
-    fields_desc = [StrFixedLenField("magic", b"NPSY", 4), ByteField("version", 1),
+    fields_desc = [StrFixedLenField("magic", b"NPSY", 4), ByteField("version", wire.VERSION),
                    FlagsField("flags", 0, 8, ["RELIABLE", "ACK"]), ShortField("length", 0),
                    IntField("unit", 0), LongField("epoch", 0), LongField("peer_epoch", 0),
                    LongField("xmit", 0), IntField("seq", 0), IntField("ack", 0),
@@ -186,7 +186,7 @@ def test_struct_sizes_match_the_c_record():
     assert wire.HEADER.size == 48 and wire.SECTION.size == 8
     assert {a: r.size for a, r in wire.RECORDS.items()} == {
         INSERT: 104, UPDATE: 104, DELETE: 16, BULK_START: 8, BULK_END: 12, UPDATE_REQUEST: 16,
-        HELLO: 20, ACK: 12, BULK_STATE: 104}
+        HELLO: 20, ACK: 12, BULK_STATE: 104, wire.NEIGH: 16}
 
 
 def test_scapy_decodes_what_the_codec_encodes():
@@ -194,7 +194,7 @@ def test_scapy_decodes_what_the_codec_encodes():
     m = every_action()
     data = a.encode(m)
     p = NpSync(data)
-    assert p.magic == b"NPSY" and p.version == 1 and p.length == len(data)
+    assert p.magic == b"NPSY" and p.version == wire.VERSION and p.length == len(data)
     assert (p.unit, p.epoch, p.peer_epoch, p.xmit, p.seq, p.ack) == (
         m.unit, m.epoch, m.peer_epoch, m.xmit, m.seq, m.ack)
     assert int(p.flags) == F_RELIABLE | F_ACK and p.nsections == len(m.sections)
@@ -276,7 +276,7 @@ def bad_datagrams(good: bytes) -> dict[str, bytes]:
     return {
         "short": good[:79],
         "bad_magic": _patch(good, 0, "!4s", b"PFSY"),
-        "bad_version": _patch(good, 4, "!B", 2),
+        "bad_version": _patch(good, 4, "!B", wire.VERSION - 1),
         "bad_length": _patch(good, 6, "!H", len(good) + 1),
         "bad_length ": _seal(good[:-32] + b"\0" * 8),                    # longer than it says
         "bad_mac": good[:-1] + bytes([good[-1] ^ 1]),

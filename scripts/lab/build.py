@@ -8,6 +8,9 @@
                       delete the namespaces. In that order: a namespace being deleted keeps
                       forwarding for 20-40 ms after its rules are gone (design.md), and a
                       process that is only sent SIGTERM may say a graceful goodbye.
+    power_on(topo, unit)
+                      a unit cut by power_cut back as up built it (namespace, legs to the
+                      switches, addresses, routes, ip_forward), to start its daemon again
 
 What the lab made is recorded in /run/natpair-lab/<prefix>.json as it is made; files that belong
 to a running lab (unit configs, logs, served files) live in /run/natpair-lab/<prefix>/. down()
@@ -76,40 +79,20 @@ def up(topo: Topology, log=print) -> None:
     made: list[str] = []
     try:
         for node in topo.nodes:
-            name = topo.ns(node.name)
-            netns.create(name)
-            made.append(name)
+            _make_namespace(topo.ns(node.name))
+            made.append(topo.ns(node.name))
             _record(topo.prefix, made)
-            # An IPv4 lab: no IPv6 addresses, router solicitations or DAD on any leg.
-            nsexec.sysctl(name, "net.ipv6.conf.default.disable_ipv6", 1)
-            nsexec.sysctl(name, "net.ipv6.conf.all.disable_ipv6", 1)
-            with IPRoute(netns=name, flags=0) as ipr:
-                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         for sw in topo.of_role("switch"):
             with IPRoute(netns=topo.ns(sw.name), flags=0) as ipr:
                 ipr.link("add", ifname=BRIDGE, kind="bridge")
                 ipr.link("set", index=ipr.link_lookup(ifname=BRIDGE)[0], state="up")
         for link in topo.links:
-            with IPRoute(netns=topo.ns(link.switch), flags=0) as ipr:
-                ipr.link("add", ifname=link.port, kind="veth",
-                         peer={"ifname": link.leg, "net_ns_fd": topo.ns(link.node)})
-                port = ipr.link_lookup(ifname=link.port)[0]
-                ipr.link("set", index=port, mtu=link.mtu)
-                ipr.link("set", index=port, master=ipr.link_lookup(ifname=BRIDGE)[0])
-                ipr.link("set", index=port, state="up")
-            with IPRoute(netns=topo.ns(link.node), flags=0) as ipr:
-                leg = ipr.link_lookup(ifname=link.leg)[0]
-                ipr.link("set", index=leg, mtu=link.mtu)
-                for cidr in link.addrs:
-                    _addr_add(ipr, leg, cidr)
-                ipr.link("set", index=leg, state="up")
+            _make_link(topo, link)
         with IPRoute(netns=topo.ns(topo.active), flags=0) as ipr:
             for v in topo.virtuals:
                 _addr_add(ipr, ipr.link_lookup(ifname=v.leg)[0], v.addr)
         for r in topo.routes:
-            with IPRoute(netns=topo.ns(r.node), flags=0) as ipr:
-                ipr.route("add", dst="0.0.0.0/0" if r.dst == "default" else r.dst,
-                          gateway=r.gateway)
+            _make_route(topo, r)
         for node in topo.nodes:
             if node.role in FORWARDING_ROLES:
                 nsexec.sysctl(topo.ns(node.name), "net.ipv4.ip_forward", 1)
@@ -118,6 +101,72 @@ def up(topo: Topology, log=print) -> None:
         down(topo.prefix, log=log)
         raise
     log(f"lab: built {len(made)} namespaces: {' '.join(made)}")
+
+
+def power_on(topo: Topology, name: str, log=print) -> None:
+    """Bring unit `name` back after a power_cut, as `up` built it: its namespace, its legs
+    (veth pairs to the switches: their switch ports went with the namespace), addresses,
+    routes and ip_forward. Not the virtual addresses: the daemon takes them when it becomes
+    active. Refuses if the namespace is there; on failure removes what it made of it."""
+    node = topo.node(name)
+    if node.role != "unit":
+        raise LabError(f"{name!r} is not a unit")
+    ns = topo.ns(name)
+    if ns in existing_namespaces():
+        raise LabError(f"{ns} is there: power_cut it first")
+    t0 = time.monotonic()
+    _make_namespace(ns)
+    recorded = _recorded(topo.prefix)
+    if ns not in recorded:
+        _record(topo.prefix, recorded + [ns])
+    try:
+        for link in topo.links:
+            if link.node == name:
+                _make_link(topo, link)
+        for r in topo.routes:
+            if r.node == name:
+                _make_route(topo, r)
+        nsexec.sysctl(ns, "net.ipv4.ip_forward", 1)
+    except BaseException:
+        log(f"lab: powering {ns} on failed; cutting it again")
+        power_cut([ns], log=log)
+        raise
+    log(f"lab: {ns} powered on again in {(time.monotonic() - t0) * 1000:.0f} ms: "
+        f"{' '.join(link.leg for link in topo.links if link.node == name)}")
+
+
+def _make_namespace(name: str) -> None:
+    netns.create(name)
+    # An IPv4 lab: no IPv6 addresses, router solicitations or DAD on any leg.
+    nsexec.sysctl(name, "net.ipv6.conf.default.disable_ipv6", 1)
+    nsexec.sysctl(name, "net.ipv6.conf.all.disable_ipv6", 1)
+    with IPRoute(netns=name, flags=0) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
+def _make_link(topo: Topology, link) -> None:
+    """The veth pair of `link`: its port on the switch's bridge, its leg with its addresses."""
+    with IPRoute(netns=topo.ns(link.switch), flags=0) as ipr:
+        stale = ipr.link_lookup(ifname=link.port)
+        if stale:                         # a port left over (its peer went another way)
+            ipr.link("del", index=stale[0])
+        ipr.link("add", ifname=link.port, kind="veth",
+                 peer={"ifname": link.leg, "net_ns_fd": topo.ns(link.node)})
+        port = ipr.link_lookup(ifname=link.port)[0]
+        ipr.link("set", index=port, mtu=link.mtu)
+        ipr.link("set", index=port, master=ipr.link_lookup(ifname=BRIDGE)[0])
+        ipr.link("set", index=port, state="up")
+    with IPRoute(netns=topo.ns(link.node), flags=0) as ipr:
+        leg = ipr.link_lookup(ifname=link.leg)[0]
+        ipr.link("set", index=leg, mtu=link.mtu)
+        for cidr in link.addrs:
+            _addr_add(ipr, leg, cidr)
+        ipr.link("set", index=leg, state="up")
+
+
+def _make_route(topo: Topology, r) -> None:
+    with IPRoute(netns=topo.ns(r.node), flags=0) as ipr:
+        ipr.route("add", dst="0.0.0.0/0" if r.dst == "default" else r.dst, gateway=r.gateway)
 
 
 def _addr_add(ipr: IPRoute, index: int, cidr: str) -> None:

@@ -2,10 +2,14 @@
 as a pair (unit.start_unit with [failover]: fw-a active, fw-b standby), wait until fw-b is
 standby-ready, push traffic from in-host to out-srv through the pair, kill the active unit like
 a power cut in the middle (build.power_cut: SIGSTOP, SIGKILL, links down, namespace deleted),
-and print what each flow saw: survived or not, the gap in ms, packets lost, the outside NAT port
-before and after. The lab stays up to be looked at (the survivor active, alone).
-`sudo make lab-down` (`--down`) removes it; `sudo make kill-active` (`--kill-active`) kills the
-active unit of a running lab and reports how long the other took to be active.
+bring it back (`rejoin`: build.power_on, its daemon started, standby-ready after a bulk sync),
+kill the new active `--back-after` (8) s after the first kill so that the flows go back to the
+first unit (`--no-kill-back`: one kill only), and print what each flow saw: survived or not,
+the gap of each kill in ms, packets lost, the outside NAT port before and after, and how the
+unit rejoined (roles, bulk sync records and ms, power on to ready). The lab stays up to be
+looked at (the survivor active, alone). `sudo make lab-down` (`--down`) removes it;
+`sudo make kill-active` (`--kill-active`) kills the active unit of a running lab and reports
+how long the other took to be active; `sudo make rejoin` (`--rejoin`) brings its dead unit back.
 
 Flows during the kill (all at once, from in-host (198.18.1.10) to out-srv (198.19.1.10)):
 
@@ -281,6 +285,68 @@ def kill_active(topo: Topology, log=print) -> tuple[str, str, float]:
     return dead, survivor, took
 
 
+REJOIN_START_S = 30            # a loaded machine can take long to start a daemon
+
+
+def roles(topo: Topology) -> dict[str, str | None]:
+    """Each unit's role now (None: it does not answer)."""
+    out: dict[str, str | None] = {}
+    for name in UNITS:
+        try:
+            out[name] = request(str(socket_path(topo, name)), "status", timeout=1.0).get("role")
+        except (OSError, ValueError):
+            out[name] = None
+    return out
+
+
+ROLE_LINE = re.compile(r"-role (\w+)/\w+ -> (\w+)")
+
+
+def role_path(logf: Path, since: int = 0) -> list[str]:
+    """The roles a unit went through, from its log (from byte `since`): its role machine
+    logs every transition (replication/fsm.py)."""
+    path: list[str] = []
+    with open(logf, "rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    for src, dst in ROLE_LINE.findall(text):
+        if not path:
+            path.append(src)
+        if dst != path[-1]:
+            path.append(dst)
+    return path
+
+
+def rejoin(topo: Topology, name: str, feed: str = "c", log=print, alone: bool = False,
+           **timers) -> dict:
+    """Bring a power-cut unit back (build.power_on), start its daemon, and wait until it is
+    STANDBY_READY behind the active peer (with `alone`, no peer runs: until it is ACTIVE);
+    returns what it went through: roles, bulk sync (records, ms), ms from power on to ready."""
+    t0 = time.monotonic()
+    build.power_on(topo, name, log=log)
+    logf = build.run_dir(topo.prefix) / f"{name}.log"
+    since = logf.stat().st_size if logf.exists() else 0
+    start_unit(topo, name, feed=feed, log=log, failover=True, ready_s=REJOIN_START_S, **timers)
+    st = wait_role(topo, name, ("ACTIVE",) if alone else ("STANDBY_READY",), timeout_s=20)
+    ready_ms = (time.monotonic() - t0) * 1000
+    bulk = st["failover"]["bulk_recv"]
+    roles = role_path(logf, since)
+    if alone:
+        log(f"lab: {name} back, alone: {' -> '.join(roles)} {ready_ms:.0f} ms after power on")
+    else:
+        log(f"lab: {name} rejoined: {' -> '.join(roles)}, bulk sync {bulk['received']} of "
+            f"{bulk['total']} states in {bulk['elapsed_ms']} ms, ready {ready_ms:.0f} ms after "
+            f"power on")
+    return {"roles": roles, "bulk_records": bulk["received"], "bulk_ms": bulk["elapsed_ms"],
+            "ready_ms": ready_ms}
+
+
+def dead_units(topo: Topology) -> list[str]:
+    """The units of the lab whose namespace is gone (power cut)."""
+    there = build.existing_namespaces()
+    return [u for u in UNITS if topo.ns(u) not in there]
+
+
 def _stream_argv(mode: str, proto: str, port: int, seconds: float) -> list[str]:
     argv = [sys.executable, "-m", "scripts.lab.stream", mode, "--proto", proto, "--port", str(port),
             "--seconds", str(seconds)]
@@ -306,7 +372,8 @@ def _json_tail(text: str) -> dict:
     return {}
 
 
-def _stream_result(flow: str, sink: subprocess.Popen, sender: subprocess.Popen) -> FlowResult:
+def _stream_result(flow: str, sink: subprocess.Popen, sender: subprocess.Popen,
+                   kills: int = 1) -> FlowResult:
     s_out, s_err = sender.communicate(timeout=60)
     k_out, k_err = sink.communicate(timeout=60)
     snt, got = _json_tail(s_out), _json_tail(k_out)
@@ -319,7 +386,11 @@ def _stream_result(flow: str, sink: subprocess.Popen, sender: subprocess.Popen) 
     port = f"{ports[0]} -> {ports[-1]}" if ports else "-"
     note = ", ".join(x for x in (snt["error"] and f"sender: {snt['error']}",
                                  got["reset"] and "reset", not same and "NAT port changed") if x)
-    return FlowResult(flow, survived, f"{got['max_gap_ms']}", str(lost), port, note)
+    gap = f"{got['max_gap_ms']}"
+    if kills > 1 and len(got.get("gaps_ms", ())) >= kills:     # the largest ones, in time order
+        big = sorted(got["gaps_ms"], reverse=True)[:kills]
+        gap = ", ".join(str(g) for g in got["gaps_ms"] if g in big)
+    return FlowResult(flow, survived, gap, str(lost), port, note)
 
 
 def _iperf_result(p: subprocess.Popen) -> FlowResult:
@@ -350,24 +421,30 @@ def _curl_result(p: subprocess.Popen, dest: Path, sha: str) -> FlowResult:
     return FlowResult("curl", ok, "-", "-", "same connection", note)
 
 
-def _ping_result(p: subprocess.Popen) -> FlowResult:
+def _ping_result(p: subprocess.Popen, kills: int = 1) -> FlowResult:
     out, err = p.communicate(timeout=60)
     seqs = sorted({int(m) for m in re.findall(r"icmp_seq=(\d+) ", out)})
     sent = re.search(r"(\d+) packets transmitted", out)
     if not seqs or not sent:
         return FlowResult("ping", False, "-", "-", "-", (err or out).strip()[-120:])
     n = int(sent[1])
-    longest = max([b - a - 1 for a, b in zip(seqs, seqs[1:])] + [0])
-    return FlowResult("ping", True, f"{(longest + 1) * PING_INTERVAL_S * 1000:.0f}",
-                      str(n - len(seqs)), "-", f"{len(seqs)}/{n} replies")
+    missing = [b - a - 1 for a, b in zip(seqs, seqs[1:])] + [0]
+    big = sorted(sorted(range(len(missing)), key=missing.__getitem__)[-kills:])   # time order
+    gap = ", ".join(f"{(missing[i] + 1) * PING_INTERVAL_S * 1000:.0f}" for i in big)
+    return FlowResult("ping", True, gap, str(n - len(seqs)), "-", f"{len(seqs)}/{n} replies")
 
 
 def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds: int,
-                 kill_after: float, log=print, picture: Path | None = None) -> list[FlowResult]:
-    """Every flow at once, the active killed after `kill_after` s; what each flow saw.
-    With `picture`, the continuity picture (scripts/lab/plot.py) is drawn there."""
+                 kill_after: float, log=print, feed: str = "c", back_after: float | None = None,
+                 timers: dict | None = None,
+                 picture: Path | None = None) -> tuple[list[FlowResult], dict | None]:
+    """Every flow at once, the active killed after `kill_after` s; with `back_after`, the dead
+    unit brought back (rejoin) and, `back_after` s after the first kill, the new active killed
+    too, so the flows go back to the first unit. What each flow saw, and the rejoin. With
+    `picture`, the continuity picture (scripts/lab/plot.py) is drawn there (the first kill
+    marked; the second shows as the later gap)."""
     host, srv = topo.ns(HOST), topo.ns(SERVER)
-    flow_s = kill_after + 5
+    flow_s = kill_after + (back_after or 0) + 5
     sinks = {proto: _popen(srv, _stream_argv("sink", proto, port, flow_s + 5))
              for proto, port in (("udp", STREAM_UDP_PORT), ("tcp", STREAM_TCP_PORT))}
     for p in sinks.values():
@@ -377,7 +454,7 @@ def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds
     started = time.time()
     procs = {
         "tcp": _popen(host, ["iperf3", "-c", SERVER_ADDR, "-p", str(IPERF_PORT), "-J", "-i", "0.1",
-                             "--connect-timeout", "3000", "-t", str(tcp_seconds)]),
+                             "--connect-timeout", "3000", "-t", str(max(tcp_seconds, int(flow_s) + 1))]),
         "curl": _popen(host, ["curl", "-sS", "--max-time", str(int(flow_s + 30)), "--limit-rate",
                               str(rate), "-o", str(dest), f"http://{SERVER_ADDR}:{HTTP_PORT}/{BLOB}"]),
         "udp": _popen(host, _stream_argv("send", "udp", STREAM_UDP_PORT, flow_s)),
@@ -387,27 +464,60 @@ def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds
                                                 SERVER_ADDR])),
     }
     time.sleep(kill_after)
-    killed = time.time()
-    _, _, took_ms = kill_active(topo, log=log)
+    first_cut, killed = time.monotonic(), time.time()
+    dead, _, took_ms = kill_active(topo, log=log)
+    rejoined, kills = None, 1
+    if back_after is not None:
+        try:
+            rejoined = rejoin(topo, dead, feed, log=log, **(timers or {}))
+        except Exception as e:                  # the flows still get their report
+            log(f"lab: {dead} did not rejoin: {e}")
+            rejoined = {"error": str(e)}
+        else:
+            time.sleep(max(0.0, first_cut + back_after - time.monotonic()))
+            now = roles(topo)
+            if now.get(dead) != "STANDBY_READY":
+                # a false failover (the loaded machine delayed hellos past hold_ms): say so
+                log(f"lab: before the second kill {dead} is {now.get(dead)}, not STANDBY_READY "
+                    f"(roles {now}; see the logs): the active one is killed all the same")
+                rejoined["before_second_kill"] = now
+            rejoined["second_kill"] = kill_active(topo, log=log)[0]
+            kills = 2
     results = [_iperf_result(procs["tcp"]), _curl_result(procs["curl"], dest, sha),
-               _stream_result("udp", sinks["udp"], procs["udp"]),
-               _stream_result("tcp-seq", sinks["tcp"], procs["tcp-seq"]), _ping_result(procs["ping"])]
+               _stream_result("udp", sinks["udp"], procs["udp"], kills),
+               _stream_result("tcp-seq", sinks["tcp"], procs["tcp-seq"], kills),
+               _ping_result(procs["ping"], kills)]
     if picture is not None:
         active = None if took_ms != took_ms else killed + took_ms / 1000      # NaN: nobody left
         plot.lab_picture(picture, kill=killed, active=active, tcp_started=started, procs=procs,
                          sinks=sinks, results=results)
-    return results
+    return results, rejoined
 
 
-def failover_report(results: list[FlowResult], feed: str) -> str:
+def failover_report(results: list[FlowResult], feed: str, kills: int = 1) -> str:
     rows = [("flow", "survived", "gap ms", "lost", "NAT port before -> after", "")] + [
         (r.flow, "yes" if r.survived else "NO", r.gap_ms, r.lost, r.port, r.note) for r in results]
     w = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = [f"lab report: in-host -> fw-a/fw-b pair (natpair daemon, {feed} feed) -> out-srv, "
-             f"active unit killed mid-transfer"]
+    what = ("active unit killed mid-transfer" if kills == 1 else
+             "active unit killed mid-transfer, brought back, then the other killed: "
+             "gaps of both kills")
+    lines = [f"lab report: in-host -> fw-a/fw-b pair (natpair daemon, {feed} feed) -> out-srv, {what}"]
     for row in rows:
         lines.append("  " + "  ".join(c.ljust(w[i]) for i, c in enumerate(row[:5])) + "  " + row[5])
     return "\n".join(lines)
+
+
+def rejoin_report(r: dict) -> str:
+    if "error" in r:
+        return f"  rejoin: FAILED: {r['error']}"
+    line = (f"  rejoin: {' -> '.join(r['roles'])}; bulk sync {r['bulk_records']} states in "
+            f"{r['bulk_ms']} ms; standby-ready {r['ready_ms']:.0f} ms after power on")
+    if "second_kill" in r:
+        line += f"; second kill: {r['second_kill']}"
+    if "before_second_kill" in r:
+        line += (f" (NOT back: before it the roles were {r['before_second_kill']}, a false "
+                 f"failover under load)")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,8 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold-ms", type=int, default=unit_mod.HOLD_MS, help="[failover] hold_ms")
     ap.add_argument("--no-failover", action="store_true",
                     help="fw-a alone, the four flows one after the other, no kill")
+    ap.add_argument("--back-after", type=float, default=8.0,
+                    help="seconds after the first kill at which the new active is killed too "
+                         "(the dead unit brought back and standby-ready by then)")
+    ap.add_argument("--no-kill-back", action="store_true",
+                    help="one kill only: the dead unit stays dead")
     ap.add_argument("--kill-active", action="store_true",
                     help="only kill the active unit of a running lab")
+    ap.add_argument("--rejoin", action="store_true",
+                    help="only bring the dead unit of a running lab back (standby-ready)")
     ap.add_argument("--udp-seconds", type=int, default=5)
     ap.add_argument("--udp-rate", default="100M")
     ap.add_argument("--feed", default=os.environ.get("LAB_FEED", "c"),
@@ -439,6 +556,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kill_active(lab(args.prefix))
         except RuntimeError as e:
+            print(f"natpair lab: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if args.rejoin:
+        topo = lab(args.prefix)
+        dead = dead_units(topo)
+        if not dead:
+            print("natpair lab: no unit is dead (both namespaces are there)", file=sys.stderr)
+            return 1
+        try:
+            for i, name in enumerate(dead):     # both dead: the first alone, then the other
+                rejoin(topo, name, args.feed, alone=len(dead) == len(UNITS) and i == 0,
+                       poll_ms=args.poll_ms, hold_ms=args.hold_ms)
+        except (RuntimeError, build.LabError) as e:
             print(f"natpair lab: {e}", file=sys.stderr)
             return 1
         return 0
@@ -460,21 +591,29 @@ def main(argv: list[str] | None = None) -> int:
             sha = make_blob(rdir / "www" / BLOB, args.file_mb)
             start_pair(topo, args.feed, poll_ms=args.poll_ms, hold_ms=args.hold_ms)
             start_servers(topo, rdir)
+            timers = {"poll_ms": args.poll_ms, "hold_ms": args.hold_ms}
             picture = rdir / "continuity.png"
-            results = failover_run(topo, rdir, sha, args.file_mb, args.tcp_seconds or 20,
-                                   args.kill_after, picture=picture)
+            results, rejoined = failover_run(
+                topo, rdir, sha, args.file_mb, args.tcp_seconds or 20, args.kill_after,
+                feed=args.feed, back_after=None if args.no_kill_back else args.back_after,
+                timers=timers, picture=picture)
         except Exception as e:
             print(f"natpair lab: {e}\nThe lab is left as it is, to look at; remove it with: "
                   f"{down_hint}", file=sys.stderr)
             return 1
         print()
-        print(failover_report(results, args.feed))
-        print(f"  picture (throughput, UDP per 10 ms, ping RTT; kill and gaps marked): {picture}")
+        kills = 2 if rejoined and "error" not in rejoined else 1
+        print(failover_report(results, args.feed, kills))
+        if rejoined is not None:
+            print(rejoin_report(rejoined))
+        print(f"  picture (throughput, UDP per 10 ms, ping RTT; kills and gaps marked): {picture}")
         print()
         print(f"The lab stays up: {' '.join(n for n in topo.namespaces() if n in build.existing_namespaces())}\n"
               f"  the survivor is active alone; logs and configs: {rdir}\n"
+              f"  Bring the dead unit back: sudo make rejoin{down_hint[len('sudo make lab-down'):]}\n"
               f"  Down:  {down_hint}")
-        return 0 if all(r.survived for r in results) else 1
+        ok = all(r.survived for r in results) and (rejoined is None or "error" not in rejoined)
+        return 0 if ok else 1
     args.tcp_seconds = args.tcp_seconds or 10
     try:
         sha = make_blob(rdir / "www" / BLOB, args.file_mb)

@@ -5,13 +5,15 @@ Two small programs, run with ``python -m scripts.lab.stream`` inside the lab's n
     sink  --proto udp|tcp --bind ADDR --port P --seconds S
           prints "ready", then receives 16-byte records (seq u64, send time ns u64) until
           S seconds passed (or the TCP peer closed), and prints one JSON line: received,
-          the largest gap between two arrivals (ms), the source ports seen (first, last,
+          the largest gap between two arrivals (ms), the three largest in the order they
+          happened (ms, one per kill of a run), the source ports seen (first, last,
           distinct count), whether the TCP connection was reset, and the arrivals per
-          10 ms from the first one on (``timeline``: first_unix, bin_ms, counts, gaps_unix; the lab's
-          picture, scripts/lab/plot.py, draws it).
+          10 ms from the first one on (``timeline``: first_unix, bin_ms, counts, gaps_unix;
+          the lab's picture, scripts/lab/plot.py, draws it).
     send  --proto udp|tcp --to ADDR --port P --pps N --seconds S
           sends N records a second for S seconds (one TCP connection, or one UDP socket:
-          the NAT port must stay the same), then prints one JSON line: sent, error.
+          the NAT port must stay the same), or until SIGINT, then prints one JSON line:
+          sent, error.
 
 ``lost`` = sent - received; the gap is measured where it matters, at the receiver.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import struct
 import sys
@@ -78,7 +81,9 @@ def sink(proto: str, bind: str, port: int, seconds: float) -> dict:
                 arrivals.extend([now] * n)
                 buf = buf[n * REC.size:]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    largest = sorted(sorted(range(len(gaps)), key=gaps.__getitem__)[-3:])
     return {"received": len(arrivals), "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+            "gaps_ms": [round(gaps[i] * 1000, 1) for i in largest],
             "ports": ports[:1] + ports[-1:], "distinct_ports": len(set(ports)), "reset": reset,
             "timeline": timeline(arrivals)}
 
@@ -110,8 +115,10 @@ def send(proto: str, to: str, port: int, pps: int, seconds: float) -> dict:
         s.settimeout(None)
     start = time.monotonic()
     period = 1.0 / pps
+    stop: list[int] = []                # SIGINT: the caller has seen enough; a normal end,
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))    # never between send and count
     try:
-        while (elapsed := time.monotonic() - start) < seconds:
+        while (elapsed := time.monotonic() - start) < seconds and not stop:
             due = int(elapsed / period) + 1
             while sent < due:
                 try:
