@@ -182,7 +182,7 @@ def test_the_standby_converges_over_a_lossy_failover_link(request):
 # Run in fw-a's namespace: capture what fw-a sends to fw-b's failover port for a while,
 # then send from fw-a's address and port: the captured datagrams again (replayed), cut
 # short (truncated: the length field no longer matches), cut below the header (short), with
-# version 2, with one byte of the body flipped (the MAC no longer matches), and an INSERT
+# the next version, with one byte of the body flipped (the MAC no longer matches), and an INSERT
 # of a made-up state sealed under another key (forged). One JSON line: what was sent.
 HOSTILE = textwrap.dedent("""\
     import json, sys, time
@@ -201,7 +201,7 @@ HOSTILE = textwrap.dedent("""\
     for d in data[:5]:
         out(d[:-1])
         out(d[:30])
-        out(bytes(d[:4]) + bytes([2]) + bytes(d[5:]))
+        out(bytes(d[:4]) + bytes([wire.VERSION + 1]) + bytes(d[5:]))
         b = bytearray(d); b[50] ^= 1; out(bytes(b))
     forged = StateRecord(id=4242, creator=unit, proto=17, tcp_state=0, flags=0,
                          keys=(Key(0xC6120164, 0xC613010A, 4242, 53, 17, 0),

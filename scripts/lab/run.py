@@ -299,7 +299,7 @@ def roles(topo: Topology) -> dict[str, str | None]:
     return out
 
 
-ROLE_LINE = re.compile(r"-role (\w+)/\w+ -> (\w+)")
+ROLE_LINE = re.compile(r"transition machine=\S*-role from=(\w+) event=\w+ to=(\w+)")   # logline.py
 
 
 def role_path(logf: Path, since: int = 0) -> list[str]:
