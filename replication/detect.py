@@ -6,8 +6,9 @@ link's carrier (netlink), and feeds the events that ``poll()`` returns to
 ``replication.role.Role.on_detect``. Names used:
 
 - paths: ``FAILOVER`` (the dedicated failover link) and the data interfaces
-  (by default ``"inside"`` and ``"outside"``); hellos go out on every path
-  every ``poll_ms``.
+  (by default ``"inside"`` and ``"outside"``; none at all is allowed: then a
+  carrier drop is only a hint and the hold time decides); hellos go out on
+  every path every ``poll_ms``.
 - ``Detector``: ``hellos_due()`` (paths to send a hello on now), ``hello(path)``,
   ``carrier(up)``, ``poll()`` -> ``[(RoleEvent, reason)]``, ``next_deadline()``.
 - ``check_timers(poll_ms, hold_ms)``: the config check (hold >= 3 x poll), raising
@@ -74,7 +75,7 @@ class Detector:
         check_timers(poll_ms, hold_ms, confirm_polls)
         self.poll_ms, self.hold_ms, self.confirm_polls = poll_ms, hold_ms, confirm_polls
         self.data_paths = tuple(data_paths)
-        if FAILOVER in self.data_paths or not self.data_paths:
+        if FAILOVER in self.data_paths or not all(self.data_paths):
             raise ValueError(f"data paths must be named and not {FAILOVER!r}: {self.data_paths}")
         self.clock, self.name = clock, name
         now = clock()
@@ -145,6 +146,10 @@ class Detector:
             return
         self.counters["carrier_down"] += 1
         self.carrier_down_at = now
+        if not self.data_paths:
+            # nothing to confirm with: the hold time decides, as for a silent link
+            self._out.append((RoleEvent.PEER_LINK_DOWN, "failover carrier lost, no data path to confirm"))
+            return
         if not self.silent:
             self._confirm_deadline = now + self.confirm_polls * self.poll_ms
         self._out.append((RoleEvent.PEER_LINK_DOWN,

@@ -14,9 +14,18 @@ it every millisecond or when a datagram arrives). Names used:
   a standby (any other time they are dropped: a joining standby bulk-syncs). States of
   destination port 80 are not replicated unless ``http_replication``.
 - the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
-  flags bit 0 = yielding, our poll/hold, table size and bulk progress. Hellos only go over
-  the failover link (hellos on the data interfaces are not implemented: the detector's
-  data paths stay silent, so a cut failover link looks like a dead peer).
+  flags bit 0 = yielding, our poll/hold, table size and bulk progress. Hellos go over the
+  failover link (in the transport, unreliable) and, with ``data_hellos``
+  (replication.datapath.DataHellos), on each data leg to the peer's own address there; a
+  hello on any path feeds the detector (that path) and the role. Without data hellos the
+  detector has no data path, and a cut failover link looks like a dead peer.
+- ``carrier(up)``: the failover leg's carrier (replication.carrier.CarrierWatch, netlink):
+  a drop is confirmed over the data paths within a couple of polls (detect.py).
+- split link (DATA_LINK_PEER_ALIVE: the failover link is down or silent, the peer answers
+  on a data leg): no takeover, counted (``detect_split_link``, and
+  ``role_split_link_no_takeover`` on a standby); the link is left as it is, so the
+  stream resumes when it is back (the transport keeps what is unacked; a gap it cannot
+  fill ends in a SKIP and a bulk sync).
 - bulk on the wire: BulkRequest = UPDATE_REQUEST(0, 0, request); BulkStart = BULK_START;
   each record of a BulkChunk = one BULK_STATE record (it belongs to the request of the
   last BULK_START); BulkEnd = BULK_END (sent = the records that went on the wire).
@@ -41,6 +50,7 @@ from dataplane.core import Change, StateRecord
 from replication import bulk, wire
 from replication.bulk import BulkRequester, BulkSender
 from replication.counters import Counters
+from replication.datapath import DataHellos
 from replication.detect import FAILOVER, Detector
 from replication.fsm import LOG, monotonic_ms
 from replication.lag import LagHistogram
@@ -80,6 +90,7 @@ class Pair:
                  local: tuple[str, int], peer: tuple[str, int], priority: int = 100,
                  poll_ms: int = 10, hold_ms: int = 50, preempt: bool = False,
                  http_replication: bool = False, actions: Actions | None = None,
+                 data_hellos: DataHellos | None = None,
                  clock: Callable[[], int] = monotonic_ms, name: str = "pair"):
         self.core, self.lock = core, core_lock
         self.unit_id, self.key, self.http = unit_id, bytes(key), http_replication
@@ -94,7 +105,9 @@ class Pair:
         self.role = Role(unit_id, priority=priority, preempt=preempt, actions=actions, clock=clock,
                          name=f"{name}-role")
         self.role.machine.subscribe(self._on_role)
-        self.detector = Detector(poll_ms=poll_ms, hold_ms=hold_ms, clock=clock, name=f"{name}-detect")
+        self.data = data_hellos
+        self.detector = Detector(poll_ms=poll_ms, hold_ms=hold_ms, clock=clock, name=f"{name}-detect",
+                                 data_paths=() if data_hellos is None else data_hellos.names)
         self.sender = BulkSender(core, clock=clock, name=f"{name}-bulk-send")
         self.requester = BulkRequester(core, clock=clock, notify=self._on_bulk_event,
                                        name=f"{name}-bulk-recv")
@@ -127,8 +140,18 @@ class Pair:
     def fileno(self) -> int:
         return self.link.fileno()
 
+    def filenos(self) -> list[int]:
+        """Every socket the loop waits on: the failover link's, then the data legs'."""
+        return [self.link.fileno()] + ([] if self.data is None else self.data.filenos())
+
     def close(self) -> None:
         self.link.close()
+        if self.data is not None:
+            self.data.close()
+
+    def carrier(self, up: bool) -> None:
+        """The failover leg's carrier (from netlink): a drop is confirmed over the data legs."""
+        self.detector.carrier(up)
 
     # ---- inputs from other threads ----
 
@@ -160,9 +183,16 @@ class Pair:
             self._on_resync()
         if self._inbox:
             self._import()
-        for path in self.detector.hellos_due():
-            if path == FAILOVER:
-                self.transport.send_unreliable(HELLO, (self._hello(),), now)
+        if self.data is not None:
+            self.data.pump(self._on_data_hello)
+        due = self.detector.hellos_due()
+        if due:
+            hello = self._hello()
+            for path in due:
+                if path == FAILOVER:
+                    self.transport.send_unreliable(HELLO, (hello,), now)
+                elif self.data is not None:
+                    self.data.send(path, hello)
         for event, reason in self.detector.poll():
             if event.name == "PEER_SILENT":
                 self.sender.abort("peer silent")
@@ -202,19 +232,25 @@ class Pair:
     def _deliver(self, action: int, rec) -> None:
         """From the transport, in stream order; hellos at once, the rest imported in step()."""
         if action == HELLO:
-            try:
-                state = RoleState(rec.role)
-            except ValueError:
-                self.counters["bad_hello"] += 1
-                return
-            self.detector.hello(FAILOVER)
-            new_peer = self.role.peer is None
-            self.role.on_peer(state, rec.state, self.transport.codec.last_unit,
-                              bool(rec.flags & F_YIELDING))
-            if new_peer and self.role.is_active and state is not RoleState.ACTIVE:
-                self._reannounce("peer heard again")
+            self._on_hello(FAILOVER, self.transport.codec.last_unit, rec)
             return
         self._inbox.append((action, rec))
+
+    def _on_data_hello(self, path: str, unit: int, rec: wire.Hello) -> None:
+        self._on_hello(path, unit, rec)
+
+    def _on_hello(self, path: str, unit: int, rec: wire.Hello) -> None:
+        """A hello of the peer on ``path``: the detector hears it there, the role judges it."""
+        try:
+            state = RoleState(rec.role)
+        except ValueError:
+            self.counters["bad_hello"] += 1
+            return
+        self.detector.hello(path)
+        new_peer = self.role.peer is None
+        self.role.on_peer(state, rec.state, unit, bool(rec.flags & F_YIELDING), reason=f"hello/{path}")
+        if new_peer and self.role.is_active and state is not RoleState.ACTIVE:
+            self._reannounce("peer heard again")
 
     def _import(self) -> None:
         inbox, self._inbox = self._inbox, []
@@ -333,4 +369,7 @@ class Pair:
         out.update({f"pair_{k}": v for k, v in self.counters.items()})
         out.update({f"role_{k}": v for k, v in self.role.counters.items()})
         out.update({f"detect_{k}": v for k, v in self.detector.counters.items()})
+        if self.data is not None:
+            out.update({f"data_{k}": v for k, v in self.data.counters.items()})
+            out.update({f"data_wire_{k}": v for k, v in self.data.wire_counters.as_dict().items() if v})
         return out
