@@ -173,8 +173,12 @@ class Detector:
                                     f"(hold {self.hold_ms} ms)"))
         elif not self.split and self._confirm_deadline is None:
             fo = self.last[FAILOVER]
-            fo_dead = not self.carrier_up or (fo if fo is not None else self.started) + self.hold_ms <= now
-            if fo_dead and any(t is not None and now - t < self.hold_ms
+            fo_last = fo if fo is not None else self.started
+            fo_dead = not self.carrier_up or fo_last + self.hold_ms <= now
+            # the data legs must have gone on answering after the failover link went quiet:
+            # a peer that died falls silent on every path within a poll, and its failover
+            # hold expires a moment before its data holds (no split for that)
+            if fo_dead and any(t is not None and now - t < self.hold_ms and t >= fo_last + self.poll_ms
                                for p, t in self.last.items() if p != FAILOVER):
                 self._split("failover link silent for the hold time, peer answers on a data interface")
         out.extend(self._out)

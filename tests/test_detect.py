@@ -169,3 +169,28 @@ def test_with_the_role_a_cut_failover_link_with_the_peer_alive_never_takes_over(
     assert role.state is St.STANDBY_READY
     assert role.counters["split_link_no_takeover"] == 1
     assert role.counters["takeovers"] == 0
+
+
+def test_a_dead_peer_is_no_split_link_even_when_its_data_hellos_came_last():
+    """The failover hello goes out first, the data hellos a moment later: when the peer
+    dies, the failover hold expires just before the data holds. That is no split link."""
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 100, peer_paths=(FAILOVER,))
+    clock.t += 1
+    det.hello("inside")                 # 1 ms after the last failover hello, then nothing
+    ev = run(det, clock, 2 * HOLD)
+    assert [e for _, e in ev] == [Ev.PEER_SILENT]
+    assert det.counters["split_link"] == 0
+
+
+def test_without_data_paths_a_carrier_drop_is_only_a_hint():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, data_paths=(), clock=clock)
+    run(det, clock, 100, peer_paths=(FAILOVER,))
+    down = clock.t
+    det.carrier(False)
+    ev = run(det, clock, 2 * HOLD)
+    assert [e for _, e in ev] == [Ev.PEER_LINK_DOWN, Ev.PEER_SILENT]
+    assert ev[1][0] - down >= HOLD - POLL     # the hold time decided, not the carrier
+    assert det.counters["silent_hold"] == 1
