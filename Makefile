@@ -43,7 +43,7 @@ FUZZ_CC := clang -g -O1 -fsanitize=fuzzer,address,undefined -Icext
 # UBSan only prints by default; make its findings stop the run like ASan's.
 FUZZ_ENV := UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
-.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down kill-active clean \
+.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down kill-active soak clean \
 	distclean
 
 # ---- deps -------------------------------------------------------------------
@@ -122,6 +122,9 @@ lab-down: $(STAMP)
 
 kill-active: build
 	$(VPY) -m scripts.lab.run --kill-active --prefix '$(LAB_PREFIX)'
+
+soak: build
+	$(VPY) -m scripts.lab.soak --prefix '$(LAB_PREFIX)' $(SOAK_ARGS)
 
 # ---- clean ------------------------------------------------------------------
 

@@ -27,7 +27,8 @@ Events (edges, one per episode, never repeated every poll):
 
 A new episode starts when a hello arrives again (PEER_SILENT can come once more).
 Counters: hellos_rx_<path>, hellos_tx_<path>, carrier_down, carrier_up,
-silent_hold, silent_carrier, split_link, peer_back.
+silent_hold, silent_carrier, split_link, peer_back; and max_silence_ms, the longest time
+without any hello that did not end in PEER_SILENT (the margin left to ``hold_ms``).
 """
 from __future__ import annotations
 
@@ -120,7 +121,11 @@ class Detector:
             raise ValueError(f"unknown path {path!r} (known: {', '.join(self.last)})")
         now = self.clock()
         self.counters[f"hellos_rx_{path}"] += 1
+        heard = any(t is not None for t in self.last.values())
         self.last[path] = now
+        if heard and not self.silent and now - self.last_any > self.counters["max_silence_ms"]:
+            # the longest silence that did not fail the peer: how close to hold_ms we came
+            self.counters["max_silence_ms"] = now - self.last_any
         self.last_any = now
         if self.silent:
             self.silent = False

@@ -150,6 +150,16 @@ def test_example_file_loads():
     assert c.unit.name == "fw-a" and c.feed.kind == "c"
 
 
+def test_example_failover_section_loads_when_uncommented(tmp_path):
+    lines = open("examples/unit-fw-a.toml").read().splitlines()
+    start = lines.index("# [failover]")
+    text = "\n".join(lines[:start] + [ln[2:] for ln in lines[start:] if ln.startswith("# ")])
+    fo = config.load(write(tmp_path, text.replace("<64 hex digits>", KEY_HEX) + "\n")).failover
+    assert fo.peer_legs == (("inside", "198.18.1.3"), ("outside", "198.19.1.3"))
+    assert fo.virtual_macs == (("inside", "02:4e:50:01:00:01"), ("outside", "02:4e:50:01:00:02"))
+    assert len(fo.vips) == 2
+
+
 BAD = [
     # (edit, expected line, expected key, words in the problem)
     ("unknown key", lambda t: insert_after(t, L_NAME, "colour = 1"), L_NAME + 1, "unit.colour", "unknown key"),

@@ -194,3 +194,15 @@ def test_without_data_paths_a_carrier_drop_is_only_a_hint():
     assert [e for _, e in ev] == [Ev.PEER_LINK_DOWN, Ev.PEER_SILENT]
     assert ev[1][0] - down >= HOLD - POLL     # the hold time decided, not the carrier
     assert det.counters["silent_hold"] == 1
+
+
+def test_max_silence_is_the_longest_gap_that_did_not_fail_the_peer():
+    clock = Clock(t=10_005)
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 500)                            # nobody yet: start-up does not count
+    run(det, clock, 100, peer_paths=(FAILOVER,))
+    assert det.counters["max_silence_ms"] == POLL
+    clock.t += 3 * POLL + 2                         # one late burst, below the hold time
+    det.hello(FAILOVER)
+    run(det, clock, 100, peer_paths=(FAILOVER,))
+    assert 3 * POLL + 2 <= det.counters["max_silence_ms"] < HOLD
