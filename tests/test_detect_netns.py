@@ -18,8 +18,11 @@ hears silence there.
   machine-wide for non-urgent events (a veth whose ifindex equals its peer's, a physical
   NIC), so a carrier-down event may come up to 1 s late; a deleted link is reported at once;
 - the virtual MAC is on the active's data legs only, moves at the takeover, and the
-  inside host's neighbour entry for the gateway keeps the same MAC across the kill.
+  inside host's neighbour entry for the gateway keeps the same MAC across the kill;
+- a crashed (SIGKILLed) active restarts with its own MAC and no virtual address, and joins
+  as a ready standby.
 """
+import json
 import os
 import signal
 import time
@@ -31,7 +34,7 @@ from netns_lab import Lab, quiet, unique_prefix
 from scripts.lab import run as labrun
 from scripts.lab.topology import (BRIDGE, FAILOVER_LEG, FO_SW, FW_A, FW_B, HOST, INSIDE_GW,
                                   INSIDE_LEG, NAT_ADDR, OUTSIDE_LEG, SERVER, SERVER_ADDR, lab)
-from scripts.lab.unit import socket_path
+from scripts.lab.unit import socket_path, start_unit
 from dataplane.config import default_vmac
 from dataplane.daemon import request
 from test_failover_netns import ASK_ONCE, LATE_ECHO
@@ -186,3 +189,28 @@ def test_virtual_mac_is_on_the_active_and_moves_with_the_takeover(pair):
     assert ping.returncode == 0, (ping.stdout, units[FW_B].log.read_text()[-2000:])
     assert neighbour(lab_, HOST, INSIDE_GW) == VMAC_IN
     assert ask(lab_, FW_B, "counters")["vips"]["vmac_taken"] == 1
+
+
+def test_a_crashed_active_restarts_with_its_own_mac_and_joins_as_standby(pair):
+    """SIGKILL, not a power cut: fw-a's kernel keeps the virtual MAC and addresses it held.
+    fw-b takes over; the restarted fw-a gives them back first (its own MAC from
+    <socket>.mac.json), joins as a standby and is ready; the virtual MAC is on fw-b only."""
+    lab_, units = pair
+    mac_file = socket_path(lab_.topo, FW_A).with_suffix(".mac.json")
+    own_a = json.loads(mac_file.read_text())[INSIDE_LEG]
+    assert own_a != VMAC_IN
+    units[FW_A].proc.kill()
+    units[FW_A].proc.wait(timeout=5)
+    labrun.wait_role(lab_.topo, FW_B, ("ACTIVE",), timeout_s=5)
+    assert mac_of(lab_, FW_A, INSIDE_LEG) == VMAC_IN            # left behind by the crash
+    start_unit(lab_.topo, FW_A, feed="c", log=quiet, failover=True, poll_ms=POLL_MS,
+               hold_ms=HOLD_MS)
+    labrun.wait_role(lab_.topo, FW_A, ("STANDBY_READY",), timeout_s=15)
+    assert mac_of(lab_, FW_A, INSIDE_LEG) == own_a
+    assert mac_of(lab_, FW_B, INSIDE_LEG) == VMAC_IN
+    assert ask(lab_, FW_B)["role"] == "ACTIVE"
+    with IPRoute(netns=lab_.ns(FW_A), flags=0) as ipr:
+        held = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)]
+    assert INSIDE_GW not in held and NAT_ADDR not in held, held
+    ping = lab_.run(HOST, ["ping", "-c", "3", "-i", "0.05", "-W", "1", SERVER_ADDR], timeout=10)
+    assert ping.returncode == 0, ping.stdout
