@@ -184,7 +184,7 @@ class Pair:
         if self._inbox:
             self._import()
         if self.data is not None:
-            self.data.pump(self._on_data_hello)
+            self.data.pump(self._on_hello)
         due = self.detector.hellos_due()
         if due:
             hello = self._hello()
@@ -235,9 +235,6 @@ class Pair:
             self._on_hello(FAILOVER, self.transport.codec.last_unit, rec)
             return
         self._inbox.append((action, rec))
-
-    def _on_data_hello(self, path: str, unit: int, rec: wire.Hello) -> None:
-        self._on_hello(path, unit, rec)
 
     def _on_hello(self, path: str, unit: int, rec: wire.Hello) -> None:
         """A hello of the peer on ``path``: the detector hears it there, the role judges it."""
