@@ -10,7 +10,10 @@ RCU grace period (synchronize_net, ~10 ms measured), which a takeover must not p
 idempotent: adding an address that is there, or removing one that is not, is no error.
 
 With virtual MACs (``macs``, a dataplane.vmac.VirtualMacs) ``add`` first puts the virtual
-MAC on each leg, the gratuitous ARP is sent from it, and it also announces the unit's own
+MAC on each leg and sends one round of the announce at once (the hosts already send to that
+MAC: the switches only need to learn where it is, and forwarding does not need the addresses),
+writes back the neighbour entries the MAC change flushed, then adds the addresses; the
+gratuitous ARP is sent from the virtual MAC, and it also announces the unit's own
 addresses on those legs (their MAC changed with the leg's: the peer's data-path hellos go
 there); ``remove`` gives the MACs back after the addresses and announces the own
 addresses with the own MAC again.
@@ -38,7 +41,6 @@ class VirtualAddresses:
         self._own_frames: dict[str, list[bytes]] = {}   # own addresses from the own MAC
         self._ipr: IPRoute | None = None        # kept open for the takeover (replication thread)
         self._idx: dict[str, int] = {}
-        self._neigh: list = []                  # neighbour entries the MAC change flushed
         self._socks: dict[str, socket.socket] = {}
         if self.vips:
             import scapy.layers.l2  # noqa: F401  (scapy takes ~1 s to import: not at takeover)
@@ -67,7 +69,16 @@ class VirtualAddresses:
             self._ipr = IPRoute()
         ipr = self._ipr
         if self.macs is not None:
-            self._neigh = self.macs.take(ipr)
+            # the hosts already send to the virtual MAC: forwarding works once the leg has
+            # it and the switches learned where it is (one round of the announce now); then
+            # the neighbour entries the MAC change flushed (else the first packets out wait
+            # for an ARP answer that the switch may still deliver to the dead unit); then
+            # the addresses, needed only for ARP answers and the unit's own traffic
+            neigh = self.macs.take(ipr)
+            if self._frames is None:
+                self._frames = self._garp_frames()
+            self._send(self._frames, 1)
+            self.macs.restore(ipr, neigh)
         for ifname, cidr in self.vips:
             addr, plen = cidr.split("/")
             for fresh in (False, True):
@@ -179,12 +190,7 @@ class VirtualAddresses:
     def announce(self, rounds: int = GARP_COUNT) -> None:
         if self._frames is None:
             self._frames = self._garp_frames()
-        try:
-            self._send(self._frames, rounds)
-        finally:
-            if self._neigh and self.macs is not None:   # after the announce: not on its path
-                neigh, self._neigh = self._neigh, []
-                self.macs.restore(self._ipr or IPRoute(), neigh)
+        self._send(self._frames, rounds)
 
     def _send(self, frames_by_leg: dict[str, list[bytes]], rounds: int) -> None:
         for ifname, frames in frames_by_leg.items():

@@ -14,8 +14,8 @@ switches' tables.
 - a MAC change flushes the leg's neighbour table (NETDEV_CHANGEADDR, measured: every
   entry, permanent ones too): ``take``/``give_back`` read the entries before the change
   and return them; ``restore`` writes them back (as STALE, permanent ones as PERMANENT),
-  so the replicated neighbour entries stay; the caller restores after its gratuitous ARP
-  (each netlink call costs ~0.4 ms with pyroute2 0.9: not before the announce).
+  so the replicated neighbour entries stay and the first packets out need no ARP answer
+  (which the switch might still deliver to the dead unit's port).
 - ``ipr``: an IPRoute the caller keeps open (opening one costs ~1 ms); ifindexes are
   looked up once and again only when the leg was recreated.
 - never two units with one MAC: the standby takes the virtual MAC only when its peer was
