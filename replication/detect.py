@@ -87,6 +87,7 @@ class Detector:
         self.carrier_down_at: int | None = None
         self._confirm_deadline: int | None = None
         self.silent = False             # PEER_SILENT sent in this episode
+        self.back_at = now              # start of this episode: the peer heard again (or start-up)
         self.split = False              # DATA_LINK_PEER_ALIVE sent in this episode
         self._next_send = now
         self._out: list[tuple[RoleEvent, str]] = []
@@ -129,6 +130,7 @@ class Detector:
         self.last_any = now
         if self.silent:
             self.silent = False
+            self.back_at = now
             self.counters["peer_back"] += 1
             LOG.info("%s peer back path=%s", self.name, path)
         if path == FAILOVER:
@@ -177,8 +179,10 @@ class Detector:
             out.append(self._silent(f"no hello on any path for {now - self.last_any} ms "
                                     f"(hold {self.hold_ms} ms)"))
         elif not self.split and self._confirm_deadline is None:
+            # a new episode gives the failover link a hold time of its own: the first hello
+            # back may come on a data leg a moment before the failover link's
             fo = self.last[FAILOVER]
-            fo_last = fo if fo is not None else self.started
+            fo_last = max(fo if fo is not None else self.started, self.back_at)
             fo_dead = not self.carrier_up or fo_last + self.hold_ms <= now
             # the data legs must have gone on answering after the failover link went quiet:
             # a peer that died falls silent on every path within a poll, and its failover

@@ -206,3 +206,17 @@ def test_max_silence_is_the_longest_gap_that_did_not_fail_the_peer():
     det.hello(FAILOVER)
     run(det, clock, 100, peer_paths=(FAILOVER,))
     assert 3 * POLL + 2 <= det.counters["max_silence_ms"] < HOLD
+
+
+def test_the_first_hello_back_on_a_data_path_is_no_split_link():
+    """After a silence (the peer stalled), its data hello may arrive a moment before its
+    failover hello: the failover link gets a hold time of its own in the new episode."""
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 100, peer_paths=(FAILOVER, "inside"))
+    ev = run(det, clock, 2 * HOLD)
+    assert [e for _, e in ev] == [Ev.PEER_SILENT]
+    det.hello("inside")
+    clock.t += 1
+    ev = run(det, clock, 3 * HOLD, peer_paths=(FAILOVER, "inside"))
+    assert ev == [] and det.counters["split_link"] == 0
