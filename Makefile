@@ -45,7 +45,7 @@ FUZZ_CC := clang -g -O1 -fsanitize=fuzzer,address,undefined -Icext
 # UBSan only prints by default; make its findings stop the run like ASan's.
 FUZZ_ENV := UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
-.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down kill-active rejoin clean \
+.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down kill-active rejoin soak clean \
 	distclean
 
 # ---- deps -------------------------------------------------------------------
@@ -128,6 +128,9 @@ kill-active: build
 
 rejoin: build
 	$(VPY) -m scripts.lab.run --rejoin --prefix '$(LAB_PREFIX)'
+
+soak: build
+	$(VPY) -m scripts.lab.soak --prefix '$(LAB_PREFIX)' $(SOAK_ARGS)
 
 # ---- clean ------------------------------------------------------------------
 

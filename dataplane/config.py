@@ -28,7 +28,13 @@ The file (see examples/unit-fw-a.toml)::
                   leg), local = "a.b.c.d:port", peer = "a.b.c.d:port", key (hex) or
                   key_file (raw bytes or hex text; at least 32 bytes either way), priority,
                   poll_ms, hold_ms (hold >= 3 x poll: replication.detect.check_timers),
-                  preempt (default false), http_replication (default false)
+                  preempt (default false), http_replication (default false),
+                  peer_inside / peer_outside = "a.b.c.d": the peer's own address on that
+                  leg (hellos go there too, from ours, on the failover port; omitted: no
+                  hellos on that leg), group (0..255, default 1: the pair's id, which the
+                  default virtual MACs 02:4e:50:<group>:00:01 (inside) and :02 (outside)
+                  are made of), virtual_mac (default true), mac_inside / mac_outside (a
+                  unicast MAC, overriding the default)
     [[failover.vip]] leg = "inside" | "outside", address = "a.b.c.d/len": a virtual
                   address held by whichever unit is active
     [metrics]     optional: listen = "a.b.c.d:port", the Prometheus endpoint (dataplane/metrics.py)
@@ -56,6 +62,9 @@ FAILOVER_PORT = 7788             # the failover link's UDP port when an address 
 FAILOVER_POLL_MS = 5              # measured: no false failover in 10 min of iperf3 at 13 Gbit/s
 FAILOVER_HOLD_MS = 20             # through the lab pair (2 vCPU), with hold = 4 x poll
 VIP_MAX = 16
+VMAC_OUI = (0x02, 0x4E, 0x50)     # locally administered ("NP"): 02:4e:50:<group>:00:<leg>
+LEG_NUMBER = {"inside": 1, "outside": 2}
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 LEGS = ("inside", "outside")
 
 DEFAULT_TIMEOUTS = {             # seconds, as the core's defaults (README)
@@ -176,6 +185,9 @@ class Failover:
     preempt: bool = False
     http_replication: bool = False
     vips: tuple[Vip, ...] = ()
+    peer_legs: tuple[tuple[str, str], ...] = ()     # (leg, the peer's own address on it)
+    group: int = 1
+    virtual_macs: tuple[tuple[str, str], ...] = ()  # (leg, MAC) taken while active; () = off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,7 +526,25 @@ def _metrics(ck: _Checker, d: Any) -> Metrics:
 
 
 FAILOVER_KEYS = ("interface", "local", "peer", "key", "key_file", "priority", "poll_ms", "hold_ms",
-                 "preempt", "http_replication", "vip")
+                 "preempt", "http_replication", "vip", "peer_inside", "peer_outside", "group",
+                 "virtual_mac", "mac_inside", "mac_outside")
+
+
+def default_vmac(group: int, leg: str) -> str:
+    """The virtual MAC of ``leg`` for failover group ``group`` (locally administered)."""
+    return ":".join(f"{b:02x}" for b in (*VMAC_OUI, group, 0, LEG_NUMBER[leg]))
+
+
+def _mac(ck: "_Checker", d: dict, key: str) -> str:
+    v = ck.value(d, "failover", key, str).lower()
+    if not _MAC_RE.match(v):
+        ck.fail(f"failover.{key}", f"{v!r} is not a MAC address (02:4e:50:01:00:01)")
+    first = int(v[:2], 16)
+    if first & 1:
+        ck.fail(f"failover.{key}", f"{v} is a multicast address: a virtual MAC must be unicast")
+    if v == "00:00:00:00:00:00":
+        ck.fail(f"failover.{key}", "the all-zero address is not a MAC")
+    return v
 
 
 def _endpoint(ck: _Checker, d: dict, key: str) -> tuple[str, int]:
@@ -595,6 +625,26 @@ def _failover(ck: _Checker, d: Any, interfaces: Interfaces, path: str) -> Failov
         if any(p.address.split("/")[0] == str(iface.ip) for p in vips):
             ck.fail(f"{key_}.address", f"{iface.ip} listed twice")
         vips.append(Vip(leg, str(iface)))
+    peer_legs = []
+    for leg in LEGS:
+        if f"peer_{leg}" in d:
+            a = ck.address(ck.value(d, "failover", f"peer_{leg}", str), f"failover.peer_{leg}")
+            if any(v.address.split("/")[0] == a for v in vips):
+                ck.fail(f"failover.peer_{leg}", f"{a} is a virtual address: give the peer's own")
+            peer_legs.append((leg, a))
+    group = ck.int_in(d, "failover", "group", 0, 255, 1)
+    macs: list[tuple[str, str]] = []
+    if ck.value(d, "failover", "virtual_mac", bool, True):
+        for leg in LEGS:
+            macs.append((leg, _mac(ck, d, f"mac_{leg}") if f"mac_{leg}" in d
+                         else default_vmac(group, leg)))
+        if macs[0][1] == macs[1][1]:
+            ck.fail("failover.mac_outside", f"{macs[1][1]} is the inside leg's virtual MAC too")
+    else:
+        for leg in LEGS:
+            if f"mac_{leg}" in d:
+                ck.fail(f"failover.mac_{leg}", "set, but virtual_mac = false")
     return Failover(ifname, local, peer, key, priority, poll_ms, hold_ms,
                     ck.value(d, "failover", "preempt", bool, False),
-                    ck.value(d, "failover", "http_replication", bool, False), tuple(vips))
+                    ck.value(d, "failover", "http_replication", bool, False), tuple(vips),
+                    tuple(peer_legs), group, tuple(macs))

@@ -15,8 +15,9 @@ Owns the unit's life cycle and its threads. Names used:
   (state first: the core's journal on, then the addresses, then gratuitous ARP) and given
   back on release; a leftover of a crashed run is removed at start; the neighbour table of
   the data legs watched and installed into (``replication.neighbours``, its own thread)
-  and replicated by the pair. A unit without
-  ``[failover]`` runs standalone, as before.
+  and replicated by the pair. A unit without ``[failover]`` runs standalone, as before.
+  The pair's pieces that touch the kernel are made by ``dataplane.pairing`` (data-path
+  hellos, carrier watch, virtual MACs).
 - threads: the feed thread (``feed.run_once`` in a loop), the replication thread (with
   ``[failover]``: ``Pair.step`` every millisecond and on every datagram), the control thread
   (a unix socket, one JSON request per connection: ``{"cmd": "counters"}``,
@@ -129,6 +130,7 @@ class Daemon:
         self.pair = None
         self.vips = None
         self.neighbours = None
+        self.carrier = None                # replication.carrier.CarrierWatch of the failover leg
         self.stopping = threading.Event()
         self.core = None
         self.feed = None
@@ -161,7 +163,11 @@ class Daemon:
             if kernel.remove_rules():
                 log_event(logging.WARNING, "recover", what="rules", chain=kernel.CHAIN)
             self.feed = make_feed(cfg, self.core, self.legs.sides)
-            kernel.install_rules(self.legs, cfg.feed.queue, cfg.feed.queue_bypass)
+            hello_accepts = ()
+            if cfg.failover is not None:
+                from dataplane import pairing
+                hello_accepts = pairing.hello_accepts(cfg)
+            kernel.install_rules(self.legs, cfg.feed.queue, cfg.feed.queue_bypass, hello_accepts)
             self._rules_on = True
             nat_addresses = list(cfg.nat.pool) + [s.outside for s in cfg.nat.static]
             vip_addresses = [v.address.split("/")[0] for v in cfg.failover.vips] if cfg.failover else []
@@ -248,7 +254,7 @@ class Daemon:
             self.feed = None
 
     def _start_pair(self) -> None:
-        from dataplane.vips import VirtualAddresses
+        from dataplane import pairing
         from replication.pair import Pair
         from replication.wire import MAX_DATAGRAM, datagram_size
 
@@ -261,16 +267,20 @@ class Daemon:
         # the replication thread must not wait a whole 5 ms GIL slice behind the feed
         # thread's Python between batches: hellos and the takeover are timed in ms
         sys.setswitchinterval(GIL_SWITCH_S)
-        legs = {"inside": self.cfg.interfaces.inside, "outside": self.cfg.interfaces.outside}
-        self.vips = VirtualAddresses([(legs[v.leg], v.address) for v in fo.vips])
+        self.vips = pairing.virtual_addresses(self.cfg)
+        self.vips.prepare()                 # learns the own MACs first
         self.vips.remove()                  # a crashed run's, or the lab's: not ours until active
-        self.vips.prepare()
         self.neighbours = _start_neighbours(self.cfg)
+        data = pairing.data_hellos(self.cfg)
+        self.carrier = pairing.carrier_watch(self.cfg)
         self.pair = Pair(self.core, self.lock, unit_id=self.cfg.unit.creator_id, key=fo.key,
                          local=fo.local, peer=fo.peer, priority=fo.priority, poll_ms=fo.poll_ms,
                          hold_ms=fo.hold_ms, preempt=fo.preempt,
                          http_replication=fo.http_replication, actions=_PairActions(self),
-                         max_datagram=max_datagram, name=self.name, neighbours=self.neighbours)
+                         max_datagram=max_datagram, data_hellos=data, name=self.name,
+                         neighbours=self.neighbours)
+        if not self.carrier.up:
+            self.pair.carrier(False)
 
     def _close_pair(self) -> None:
         if self.pair is not None:
@@ -284,6 +294,9 @@ class Daemon:
         if self.neighbours is not None:
             self.neighbours.close()
             self.neighbours = None
+        if self.carrier is not None:
+            self.carrier.close()
+            self.carrier = None
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -333,8 +346,12 @@ class Daemon:
                 core.resend_scan()         # the ring was full: queue the marked states again
 
     def _replication_loop(self) -> None:
-        pair = self.pair
-        fd = pair.fileno()
+        pair, carrier = self.pair, self.carrier
+        fds = pair.filenos() + [carrier.fileno()]
+        try:
+            self.vips.warm()                # the takeover's netlink socket, in this thread
+        except Exception as e:
+            log_event(logging.WARNING, "replication", warm="failed", error=e)
         try:
             # hellos are timed in ms on a machine whose cores iperf3 and the feed saturate
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REPLICATION_RT_PRIORITY))
@@ -342,7 +359,11 @@ class Daemon:
             log_event(logging.WARNING, "replication", realtime="refused", error=e)
         while not self.stopping.is_set():
             try:
-                select.select([fd], [], [], REPLICATION_TICK_MS / 1000)
+                select.select(fds, [], [], REPLICATION_TICK_MS / 1000)
+                for up in carrier.poll():
+                    log_event(logging.WARNING, "failover_carrier", up=up,
+                              interface=self.cfg.failover.interface)
+                    pair.carrier(up)
                 pair.step()
                 # changes of the sweep or of an idle feed; never wait for the core here: a
                 # busy feed thread drains it itself, and the hellos must not wait behind it
@@ -398,6 +419,12 @@ class Daemon:
                      "daemon": {"loop_errors": self.loop_errors}}
             if self.pair is not None:
                 reply["replication"] = self.pair.replication_counters()
+                if self.carrier is not None:
+                    reply["replication"].update(
+                        {f"carrier_{k}": v for k, v in self.carrier.counters.items()})
+                reply["vips"] = dict(self.vips.counters)
+                if self.vips.macs is not None:
+                    reply["vips"].update({f"vmac_{k}": v for k, v in self.vips.macs.counters.items()})
             return reply
         if cmd == "status":
             with self.lock:
@@ -409,7 +436,9 @@ class Daemon:
             if self.pair is not None:
                 st = self.pair.status()
                 status.update(role=st["role"], peer=st["peer"], failover=st,
-                              vips=[c for _, c in self.vips.vips] if self.pair.role.is_active else [])
+                              vips=[c for _, c in self.vips.vips] if self.pair.role.is_active else [],
+                              virtual_macs=({} if self.vips.macs is None or not self.pair.role.is_active
+                                            else dict(self.vips.macs.macs)))
             if self.neighbours is not None:
                 status["neighbours"] = self.neighbours.status()
             return status

@@ -7,7 +7,9 @@ daemon enters its namespace first), and touches only what natpair owns:
   PREROUTING for packets arriving on the inside and the outside leg; it does
   ``-j CT --notrack`` (kernel conntrack stays out of the way) then
   ``-j NFQUEUE --queue-num N`` (fail closed: ``--queue-bypass`` only when
-  configured). Installed and removed atomically with ``iptables-restore
+  configured). A pair's data-path hellos (``HelloAccept``: UDP from the peer's own
+  address to ours, on the failover port, on one leg) are accepted between the two:
+  they are for the unit itself, not traffic to translate. Installed and removed atomically with ``iptables-restore
   --noflush``; ``remove_rules`` deletes the jumps to the chain found in
   ``iptables-save`` (whatever legs a crashed run used), flushes and deletes the
   chain, and does nothing when there is nothing.
@@ -111,7 +113,16 @@ def _removal(saved: str) -> list[str]:
     return lines
 
 
-def rules_script(legs: Legs, queue: int, bypass: bool = False, saved: str = "") -> str:
+@dataclasses.dataclass(frozen=True)
+class HelloAccept:
+    leg: str            # interface name
+    src: str            # the peer's own address on that leg
+    dst: str            # ours
+    port: int           # UDP destination port
+
+
+def rules_script(legs: Legs, queue: int, bypass: bool = False, saved: str = "",
+                 hellos: tuple[HelloAccept, ...] = ()) -> str:
     """One iptables-restore transaction: drop leftovers of an earlier run, then ours."""
     # the chain declaration first (the canonical order for both iptables
     # backends; with --noflush it creates or flushes the chain), then the
@@ -121,13 +132,17 @@ def rules_script(legs: Legs, queue: int, bypass: bool = False, saved: str = "") 
     for leg in (legs.inside, legs.outside):
         body.append(f"-A PREROUTING -i {leg} -j {CHAIN}")
     body.append(f"-A {CHAIN} -j CT --notrack")
+    for h in hellos:
+        body.append(f"-A {CHAIN} -i {h.leg} -s {h.src}/32 -d {h.dst}/32 -p udp -m udp "
+                    f"--dport {h.port} -j ACCEPT")
     body.append(f"-A {CHAIN} -j NFQUEUE --queue-num {queue}" + (" --queue-bypass" if bypass else ""))
     return "\n".join([f"*{TABLE}", *body, "COMMIT", ""])
 
 
-def install_rules(legs: Legs, queue: int, bypass: bool = False) -> None:
+def install_rules(legs: Legs, queue: int, bypass: bool = False,
+                  hellos: tuple[HelloAccept, ...] = ()) -> None:
     """Install our chain and jumps atomically, replacing leftovers of a crashed run."""
-    _run(["iptables-restore", "--noflush"], rules_script(legs, queue, bypass, _saved()))
+    _run(["iptables-restore", "--noflush"], rules_script(legs, queue, bypass, _saved(), hellos))
 
 
 def remove_rules() -> bool:

@@ -6,8 +6,9 @@ link's carrier (netlink), and feeds the events that ``poll()`` returns to
 ``replication.role.Role.on_detect``. Names used:
 
 - paths: ``FAILOVER`` (the dedicated failover link) and the data interfaces
-  (by default ``"inside"`` and ``"outside"``); hellos go out on every path
-  every ``poll_ms``.
+  (by default ``"inside"`` and ``"outside"``; none at all is allowed: then a
+  carrier drop is only a hint and the hold time decides); hellos go out on
+  every path every ``poll_ms``.
 - ``Detector``: ``hellos_due()`` (paths to send a hello on now), ``hello(path)``,
   ``carrier(up)``, ``poll()`` -> ``[(RoleEvent, reason)]``, ``next_deadline()``.
 - ``check_timers(poll_ms, hold_ms)``: the config check (hold >= 3 x poll), raising
@@ -26,7 +27,8 @@ Events (edges, one per episode, never repeated every poll):
 
 A new episode starts when a hello arrives again (PEER_SILENT can come once more).
 Counters: hellos_rx_<path>, hellos_tx_<path>, carrier_down, carrier_up,
-silent_hold, silent_carrier, split_link, peer_back.
+silent_hold, silent_carrier, split_link, peer_back; and max_silence_ms, the longest time
+without any hello that did not end in PEER_SILENT (the margin left to ``hold_ms``).
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class Detector:
         check_timers(poll_ms, hold_ms, confirm_polls)
         self.poll_ms, self.hold_ms, self.confirm_polls = poll_ms, hold_ms, confirm_polls
         self.data_paths = tuple(data_paths)
-        if FAILOVER in self.data_paths or not self.data_paths:
+        if FAILOVER in self.data_paths or not all(self.data_paths):
             raise ValueError(f"data paths must be named and not {FAILOVER!r}: {self.data_paths}")
         self.clock, self.name = clock, name
         now = clock()
@@ -85,6 +87,7 @@ class Detector:
         self.carrier_down_at: int | None = None
         self._confirm_deadline: int | None = None
         self.silent = False             # PEER_SILENT sent in this episode
+        self.back_at = now              # start of this episode: the peer heard again (or start-up)
         self.split = False              # DATA_LINK_PEER_ALIVE sent in this episode
         self._next_send = now
         self._quiet_until = now         # start(): no PEER_SILENT before this
@@ -131,11 +134,16 @@ class Detector:
             raise ValueError(f"unknown path {path!r} (known: {', '.join(self.last)})")
         now = self.clock()
         self.counters[f"hellos_rx_{path}"] += 1
+        heard = any(t is not None for t in self.last.values())
         self.last[path] = now
+        if heard and not self.silent and now - self.last_any > self.counters["max_silence_ms"]:
+            # the longest silence that did not fail the peer: how close to hold_ms we came
+            self.counters["max_silence_ms"] = now - self.last_any
         self.last_any = now
         self._quiet_until = now         # the start-up grace is for a peer not heard yet
         if self.silent:
             self.silent = False
+            self.back_at = now
             self.counters["peer_back"] += 1
             LOG.info("%s peer back path=%s", self.name, path)
         if path == FAILOVER:
@@ -158,6 +166,10 @@ class Detector:
             return
         self.counters["carrier_down"] += 1
         self.carrier_down_at = now
+        if not self.data_paths:
+            # nothing to confirm with: the hold time decides, as for a silent link
+            self._out.append((RoleEvent.PEER_LINK_DOWN, "failover carrier lost, no data path to confirm"))
+            return
         if not self.silent:
             self._confirm_deadline = now + self.confirm_polls * self.poll_ms
         self._out.append((RoleEvent.PEER_LINK_DOWN,
@@ -180,9 +192,15 @@ class Detector:
             out.append(self._silent(f"no hello on any path for {now - self.last_any} ms "
                                     f"(hold {self.hold_ms} ms)"))
         elif not self.split and self._confirm_deadline is None:
+            # a new episode gives the failover link a hold time of its own: the first hello
+            # back may come on a data leg a moment before the failover link's
             fo = self.last[FAILOVER]
-            fo_dead = not self.carrier_up or (fo if fo is not None else self.started) + self.hold_ms <= now
-            if fo_dead and any(t is not None and now - t < self.hold_ms
+            fo_last = max(fo if fo is not None else self.started, self.back_at)
+            fo_dead = not self.carrier_up or fo_last + self.hold_ms <= now
+            # the data legs must have gone on answering after the failover link went quiet:
+            # a peer that died falls silent on every path within a poll, and its failover
+            # hold expires a moment before its data holds (no split for that)
+            if fo_dead and any(t is not None and now - t < self.hold_ms and t >= fo_last + self.poll_ms
                                for p, t in self.last.items() if p != FAILOVER):
                 self._split("failover link silent for the hold time, peer answers on a data interface")
         out.extend(self._out)

@@ -15,9 +15,18 @@ used:
   a standby (any other time they are dropped: a joining standby bulk-syncs). States of
   destination port 80 are not replicated unless ``http_replication``.
 - the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
-  flags bit 0 = yielding, bit 1 = wants the active role (switchover.py), our poll/hold, table size and bulk progress. Hellos only go over
-  the failover link (hellos on the data interfaces are not implemented: the detector's
-  data paths stay silent, so a cut failover link looks like a dead peer).
+  flags bit 0 = yielding, bit 1 = wants the active role (switchover.py), our poll/hold, table size and bulk progress. Hellos go over the
+  failover link (in the transport, unreliable) and, with ``data_hellos``
+  (replication.datapath.DataHellos), on each data leg to the peer's own address there; a
+  hello on any path feeds the detector (that path) and the role. Without data hellos the
+  detector has no data path, and a cut failover link looks like a dead peer.
+- ``carrier(up)``: the failover leg's carrier (replication.carrier.CarrierWatch, netlink):
+  a drop is confirmed over the data paths within a couple of polls (detect.py).
+- split link (DATA_LINK_PEER_ALIVE: the failover link is down or silent, the peer answers
+  on a data leg): no takeover, counted (``detect_split_link``, and
+  ``role_split_link_no_takeover`` on a standby); the link is left as it is, so the
+  stream resumes when it is back (the transport keeps what is unacked; a gap it cannot
+  fill ends in a SKIP and a bulk sync).
 - bulk on the wire: BulkRequest = UPDATE_REQUEST(0, 0, request); BulkStart = BULK_START;
   a BulkChunk = one BULK_STATE section of packed records (``wire.Packed``, as many as fill
   a datagram: 12 at the default 1400 bytes, 85 on a jumbo failover link, ``max_datagram``
@@ -54,6 +63,7 @@ from dataplane.core import Change, StateRecord
 from replication import bulk, wire
 from replication.bulk import BulkRequester, BulkSender
 from replication.counters import Counters
+from replication.datapath import DataHellos
 from replication.detect import FAILOVER, Detector
 from replication.fsm import LOG, monotonic_ms
 from replication.lag import LagHistogram
@@ -102,7 +112,8 @@ class Pair:
                  local: tuple[str, int], peer: tuple[str, int], priority: int = 100,
                  poll_ms: int = 10, hold_ms: int = 50, preempt: bool = False,
                  http_replication: bool = False, actions: Actions | None = None,
-                 max_datagram: int = wire.MAX_DATAGRAM, clock: Callable[[], int] = monotonic_ms,
+                 max_datagram: int = wire.MAX_DATAGRAM, data_hellos: DataHellos | None = None,
+                 clock: Callable[[], int] = monotonic_ms,
                  lag_clock: Callable[[], float] = monotonic_ms_float, name: str = "pair",
                  neighbours=None):
         self.core, self.lock = core, core_lock
@@ -119,7 +130,9 @@ class Pair:
         self.role = Role(unit_id, priority=priority, preempt=preempt, actions=actions, clock=clock,
                          name=f"{name}-role")
         self.role.machine.subscribe(self._on_role)
-        self.detector = Detector(poll_ms=poll_ms, hold_ms=hold_ms, clock=clock, name=f"{name}-detect")
+        self.data = data_hellos
+        self.detector = Detector(poll_ms=poll_ms, hold_ms=hold_ms, clock=clock, name=f"{name}-detect",
+                                 data_paths=() if data_hellos is None else data_hellos.names)
         per_datagram = (max_datagram - OVERHEAD - SECTION.size) // STATE.size
         self.sender = BulkSender(core, chunk_records=per_datagram, chunks_per_poll=BULK_CHUNKS_PER_STEP,
                                  skip_port=0 if http_replication else HTTP_PORT, clock=clock,
@@ -159,8 +172,18 @@ class Pair:
     def fileno(self) -> int:
         return self.link.fileno()
 
+    def filenos(self) -> list[int]:
+        """Every socket the loop waits on: the failover link's, then the data legs'."""
+        return [self.link.fileno()] + ([] if self.data is None else self.data.filenos())
+
     def close(self) -> None:
         self.link.close()
+        if self.data is not None:
+            self.data.close()
+
+    def carrier(self, up: bool) -> None:
+        """The failover leg's carrier (from netlink): a drop is confirmed over the data legs."""
+        self.detector.carrier(up)
 
     # ---- inputs from other threads ----
 
@@ -196,9 +219,17 @@ class Pair:
             self._on_resync()
         if self._inbox:
             self._import()
-        for path in self.detector.hellos_due():
-            if path == FAILOVER:
-                self.send_hello(now)
+        if self.data is not None:
+            self.data.pump(self._on_hello)
+        due = self.detector.hellos_due()
+        if due:
+            hello = self._hello()
+            for path in due:
+                if path == FAILOVER:
+                    self.transport.send_unreliable(HELLO, (hello,), now)
+                    self.tables.sent(HELLO)
+                elif self.data is not None:
+                    self.data.send(path, hello)
         for event, reason in self.detector.poll():
             if event.name == "PEER_SILENT":
                 self.sender.abort("peer silent")
@@ -251,22 +282,25 @@ class Pair:
     def _deliver(self, action: int, rec) -> None:
         """From the transport, in stream order; hellos at once, the rest imported in step()."""
         if action == HELLO:
-            try:
-                state = RoleState(rec.role)
-            except ValueError:
-                self.counters["bad_hello"] += 1
-                return
-            self.detector.hello(FAILOVER)
-            self.tables.received(HELLO)
-            new_peer = self.role.peer is None
-            self.role.on_peer(state, rec.state, self.transport.codec.last_unit,
-                              bool(rec.flags & F_YIELDING))
-            if new_peer and self.role.is_active and state is not RoleState.ACTIVE:
-                self._reannounce("peer heard again")
-            if rec.flags & F_WANTS_ACTIVE:
-                self.switchover.peer_wants_active(self.clock())
+            self._on_hello(FAILOVER, self.transport.codec.last_unit, rec)
             return
         self._inbox.append((action, rec))
+
+    def _on_hello(self, path: str, unit: int, rec: wire.Hello) -> None:
+        """A hello of the peer on ``path``: the detector hears it there, the role judges it."""
+        try:
+            state = RoleState(rec.role)
+        except ValueError:
+            self.counters["bad_hello"] += 1
+            return
+        self.detector.hello(path)
+        self.tables.received(HELLO)
+        new_peer = self.role.peer is None
+        self.role.on_peer(state, rec.state, unit, bool(rec.flags & F_YIELDING), reason=f"hello/{path}")
+        if new_peer and self.role.is_active and state is not RoleState.ACTIVE:
+            self._reannounce("peer heard again")
+        if rec.flags & F_WANTS_ACTIVE:
+            self.switchover.peer_wants_active(self.clock())
 
     def _import(self) -> None:
         inbox, self._inbox = self._inbox, []
@@ -411,4 +445,7 @@ class Pair:
         out.update({f"detect_{k}": v for k, v in self.detector.counters.items()})
         if self.neighbours is not None:
             out.update({f"neigh_{k}": v for k, v in self.neighbours.counters.items()})
+        if self.data is not None:
+            out.update({f"data_{k}": v for k, v in self.data.counters.items()})
+            out.update({f"data_wire_{k}": v for k, v in self.data.wire_counters.as_dict().items() if v})
         return out

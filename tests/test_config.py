@@ -150,6 +150,16 @@ def test_example_file_loads():
     assert c.unit.name == "fw-a" and c.feed.kind == "c"
 
 
+def test_example_failover_section_loads_when_uncommented(tmp_path):
+    lines = open("examples/unit-fw-a.toml").read().splitlines()
+    start = lines.index("# [failover]")
+    text = "\n".join(lines[:start] + [ln[2:] for ln in lines[start:] if ln.startswith("# ")])
+    fo = config.load(write(tmp_path, text.replace("<64 hex digits>", KEY_HEX) + "\n")).failover
+    assert fo.peer_legs == (("inside", "198.18.1.3"), ("outside", "198.19.1.3"))
+    assert fo.virtual_macs == (("inside", "02:4e:50:01:00:01"), ("outside", "02:4e:50:01:00:02"))
+    assert len(fo.vips) == 2
+
+
 BAD = [
     # (edit, expected line, expected key, words in the problem)
     ("unknown key", lambda t: insert_after(t, L_NAME, "colour = 1"), L_NAME + 1, "unit.colour", "unknown key"),
@@ -291,6 +301,9 @@ FAILOVER = textwrap.dedent(f"""\
     poll_ms = 10
     hold_ms = 60
     preempt = true
+    peer_inside = "198.18.1.3"
+    peer_outside = "198.19.1.3"
+    group = 7
 
     [[failover.vip]]
     leg = "inside"
@@ -303,7 +316,8 @@ FAILOVER = textwrap.dedent(f"""\
 F = GOOD.count("\n") + 1                  # the blank line before [failover]
 L_FO, L_FO_IF, L_FO_LOCAL, L_FO_PEER, L_FO_KEY, L_FO_PRIO, L_FO_POLL, L_FO_HOLD = (
     F + 1, F + 2, F + 3, F + 4, F + 5, F + 6, F + 7, F + 8)
-L_VIP0, L_VIP0_LEG, L_VIP1_ADDR = F + 11, F + 12, F + 17
+L_FO_PEER_IN, L_FO_PEER_OUT, L_FO_GROUP = F + 10, F + 11, F + 12
+L_VIP0, L_VIP0_LEG, L_VIP1_ADDR = F + 14, F + 15, F + 20
 
 
 def test_failover_is_optional():
@@ -319,7 +333,9 @@ def test_failover_loads(tmp_path):
     assert fo == config.Failover("fo0", ("198.18.255.1", 7788), ("198.18.255.2", 7788),
                                  bytes.fromhex(KEY_HEX), 120, 10, 60, True, False,
                                  (config.Vip("inside", "198.18.1.1/24"),
-                                  config.Vip("outside", "198.19.1.1/24")))
+                                  config.Vip("outside", "198.19.1.1/24")),
+                                 (("inside", "198.18.1.3"), ("outside", "198.19.1.3")), 7,
+                                 (("inside", "02:4e:50:07:00:01"), ("outside", "02:4e:50:07:00:02")))
     assert KEY_HEX not in repr(fo)                 # the key never shows in a log line
 
 
@@ -335,6 +351,16 @@ def test_failover_defaults_and_key_file(tmp_path):
                                        ("198.18.255.2", config.FAILOVER_PORT))
         assert (fo.priority, fo.poll_ms, fo.hold_ms, fo.preempt, fo.http_replication, fo.vips) == (
             100, config.FAILOVER_POLL_MS, config.FAILOVER_HOLD_MS, False, False, ())
+        assert fo.peer_legs == ()                  # no data-path hellos unless the peer is named
+        assert fo.virtual_macs == (("inside", "02:4e:50:01:00:01"), ("outside", "02:4e:50:01:00:02"))
+
+
+def test_virtual_macs_given_or_off(tmp_path):
+    text = insert_after(GOOD + FAILOVER, L_FO_GROUP, 'mac_inside = "02:AA:00:00:00:01"')
+    assert config.load(write(tmp_path, text)).failover.virtual_macs == (
+        ("inside", "02:aa:00:00:00:01"), ("outside", "02:4e:50:07:00:02"))
+    text = insert_after(GOOD + FAILOVER, L_FO_GROUP, "virtual_mac = false")
+    assert config.load(write(tmp_path, text)).failover.virtual_macs == ()
 
 
 BAD_FAILOVER = [
@@ -366,6 +392,22 @@ BAD_FAILOVER = [
      L_VIP1_ADDR, "failover.vip[1].address", "listed twice"),
     ("unknown key", lambda t: insert_after(t, L_FO_IF, "mode = 1"), L_FO_IF + 1, "failover.mode",
      "unknown key"),
+    ("peer leg address", lambda t: replace_line(t, L_FO_PEER_IN, 'peer_inside = "198.18.1"'),
+     L_FO_PEER_IN, "failover.peer_inside", "bad IPv4 address"),
+    ("peer leg is a vip", lambda t: replace_line(t, L_FO_PEER_OUT, 'peer_outside = "198.19.1.1"'),
+     L_FO_PEER_OUT, "failover.peer_outside", "is a virtual address"),
+    ("group", lambda t: replace_line(t, L_FO_GROUP, "group = 256"), L_FO_GROUP,
+     "failover.group", "must be in 0..255"),
+    ("bad mac", lambda t: insert_after(t, L_FO_GROUP, 'mac_inside = "02:4e:50:07:00"'),
+     L_FO_GROUP + 1, "failover.mac_inside", "not a MAC address"),
+    ("multicast mac", lambda t: insert_after(t, L_FO_GROUP, 'mac_outside = "01:00:5e:00:00:01"'),
+     L_FO_GROUP + 1, "failover.mac_outside", "must be unicast"),
+    ("same macs", lambda t: insert_after(t, L_FO_GROUP, 'mac_outside = "02:4e:50:07:00:01"'),
+     L_FO_GROUP + 1, "failover.mac_outside", "inside leg's virtual MAC too"),
+    ("mac without vmac", lambda t: insert_after(
+        insert_after(t, L_FO_GROUP, "virtual_mac = false"), L_FO_GROUP + 1,
+        'mac_inside = "02:00:00:00:00:09"'), L_FO_GROUP + 2, "failover.mac_inside",
+     "virtual_mac = false"),
 ]
 
 

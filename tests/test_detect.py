@@ -169,3 +169,54 @@ def test_with_the_role_a_cut_failover_link_with_the_peer_alive_never_takes_over(
     assert role.state is St.STANDBY_READY
     assert role.counters["split_link_no_takeover"] == 1
     assert role.counters["takeovers"] == 0
+
+
+def test_a_dead_peer_is_no_split_link_even_when_its_data_hellos_came_last():
+    """The failover hello goes out first, the data hellos a moment later: when the peer
+    dies, the failover hold expires just before the data holds. That is no split link."""
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 100, peer_paths=(FAILOVER,))
+    clock.t += 1
+    det.hello("inside")                 # 1 ms after the last failover hello, then nothing
+    ev = run(det, clock, 2 * HOLD)
+    assert [e for _, e in ev] == [Ev.PEER_SILENT]
+    assert det.counters["split_link"] == 0
+
+
+def test_without_data_paths_a_carrier_drop_is_only_a_hint():
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, data_paths=(), clock=clock)
+    run(det, clock, 100, peer_paths=(FAILOVER,))
+    down = clock.t
+    det.carrier(False)
+    ev = run(det, clock, 2 * HOLD)
+    assert [e for _, e in ev] == [Ev.PEER_LINK_DOWN, Ev.PEER_SILENT]
+    assert ev[1][0] - down >= HOLD - POLL     # the hold time decided, not the carrier
+    assert det.counters["silent_hold"] == 1
+
+
+def test_max_silence_is_the_longest_gap_that_did_not_fail_the_peer():
+    clock = Clock(t=10_005)
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 500)                            # nobody yet: start-up does not count
+    run(det, clock, 100, peer_paths=(FAILOVER,))
+    assert det.counters["max_silence_ms"] == POLL
+    clock.t += 3 * POLL + 2                         # one late burst, below the hold time
+    det.hello(FAILOVER)
+    run(det, clock, 100, peer_paths=(FAILOVER,))
+    assert 3 * POLL + 2 <= det.counters["max_silence_ms"] < HOLD
+
+
+def test_the_first_hello_back_on_a_data_path_is_no_split_link():
+    """After a silence (the peer stalled), its data hello may arrive a moment before its
+    failover hello: the failover link gets a hold time of its own in the new episode."""
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 100, peer_paths=(FAILOVER, "inside"))
+    ev = run(det, clock, 2 * HOLD)
+    assert [e for _, e in ev] == [Ev.PEER_SILENT]
+    det.hello("inside")
+    clock.t += 1
+    ev = run(det, clock, 3 * HOLD, peer_paths=(FAILOVER, "inside"))
+    assert ev == [] and det.counters["split_link"] == 0

@@ -208,3 +208,41 @@ def test_lag_of_live_changes_is_taken_at_the_standby_ack_from_their_offer(units)
     assert lag["count"] == 20 and lag["max_ms"] == 4.5 and lag["sum_ms"] == 20 * 4.5
     assert lag["p50_ms"] == lag["p99_ms"] == 5      # the bucket (3, 5] ms
     assert b.pair.lag.count == 0                    # only the active measures
+
+
+def test_failover_link_cut_with_data_hellos_alive_is_a_split_and_the_stream_resumes(units):
+    """Hellos on two data paths too (loopback addresses stand in for the legs): the failover
+    link goes quiet both ways, the data paths still carry hellos: no takeover on either
+    side, the split counted; changes made meanwhile reach the standby once the link is back."""
+    from replication.datapath import DataHellos
+
+    pa, pb = free_ports(2)
+    hellos = {u: DataHellos(KEY, u, [(leg, (f"127.0.{i}.{u}", pa if u == 1 else pb),
+                                          (f"127.0.{i}.{3 - u}", pb if u == 1 else pa))
+                                     for i, leg in ((1, "inside"), (2, "outside"))])
+              for u in (1, 2)}
+    a, b = units(poll_ms=10, hold_ms=60)
+    for u, h in ((a, hellos[1]), (b, hellos[2])):      # the fixture's pairs, given data legs
+        u.pair.data = h
+        u.pair.detector = type(u.pair.detector)(poll_ms=10, hold_ms=60, data_paths=h.names,
+                                                name=u.pair.detector.name)
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.is_active, 2)
+    b.pair.start()
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY)
+    assert b.pair.detector.counters["hellos_rx_inside"] > 0
+    real = (a.pair.link.peer, b.pair.link.peer)
+    nowhere = ("127.0.0.1", free_ports(1)[0])
+    a.pair.link.connect(nowhere)
+    b.pair.link.connect(nowhere)
+    a.flow(42000)                                   # made while the link is cut
+    new = max(ids(a.core))
+    run([a, b], lambda: False, 0.5)
+    assert a.pair.role.is_active and b.pair.role.state is RoleState.STANDBY_READY
+    assert b.pair.detector.counters["split_link"] == 1 and a.pair.detector.counters["split_link"] == 1
+    assert b.pair.role.counters["split_link_no_takeover"] == 1
+    assert b.pair.role.counters["takeovers"] == 0 and new not in ids(b.core)
+    a.pair.link.connect(real[0])
+    b.pair.link.connect(real[1])
+    assert run([a, b], lambda: new in ids(b.core))
+    assert ids(b.core) == ids(a.core)

@@ -34,6 +34,17 @@ def test_install_script_fails_closed_and_replaces_leftovers():
     assert rules.rules_script(LEGS, 3, bypass=True).splitlines()[-2].endswith("--queue-num 3 --queue-bypass")
 
 
+def test_data_path_hellos_are_accepted_before_the_queue_and_nothing_else():
+    hellos = (rules.HelloAccept("in0", "198.18.1.3", "198.18.1.2", 7788),
+              rules.HelloAccept("out0", "198.19.1.3", "198.19.1.2", 7788))
+    lines = rules.rules_script(LEGS, 3, hellos=hellos).splitlines()
+    assert lines[lines.index("-A NATPAIR_PRE -j CT --notrack") + 1:-1] == [
+        "-A NATPAIR_PRE -i in0 -s 198.18.1.3/32 -d 198.18.1.2/32 -p udp -m udp --dport 7788 -j ACCEPT",
+        "-A NATPAIR_PRE -i out0 -s 198.19.1.3/32 -d 198.19.1.2/32 -p udp -m udp --dport 7788 -j ACCEPT",
+        "-A NATPAIR_PRE -j NFQUEUE --queue-num 3",
+    ]
+
+
 def test_removal_touches_only_ours():
     assert rules._removal(SAVED_CRASH) == ["-D PREROUTING -i old0 -j NATPAIR_PRE", "-F NATPAIR_PRE",
                                            "-X NATPAIR_PRE"]

@@ -8,8 +8,9 @@ inside its namespace; it is ready when its NFQUEUE rule is there and its control
 
 With ``failover=True`` the unit joins the pair (``failover_config``): its failover leg fo0 on
 fo-sw, UDP port FAILOVER_PORT on its fo0 address, the peer the other unit's, one key for the
-lab in <run dir>/failover.key, fw-a of priority 110 and fw-b 100, and the topology's virtual
-addresses (inside gateway, NAT address) as [[failover.vip]].
+lab in <run dir>/failover.key, fw-a of priority 110 and fw-b 100, hellos on the data legs too
+(peer_inside, peer_outside: the other unit's own in0 and out0 addresses), virtual MACs on (the
+default), and the topology's virtual addresses (inside gateway, NAT address) as [[failover.vip]].
 """
 from __future__ import annotations
 
@@ -90,8 +91,10 @@ def failover_config(topo: Topology, name: str, poll_ms: int = POLL_MS, hold_ms: 
     remote = topo.link(peer, FAILOVER_LEG).addrs[0].split("/")[0]
     vips = "".join(f'\n[[failover.vip]]\nleg = "{LEG_SIDE[v.leg]}"\naddress = "{v.addr}"\n'
                    for v in topo.virtuals)
+    peer_legs = "".join(f'peer_{side} = "{topo.link(peer, leg).addrs[0].split("/")[0]}"\n'
+                        for leg, side in LEG_SIDE.items())
     return (f'[failover]\ninterface = "{FAILOVER_LEG}"\nlocal = "{local}:{FAILOVER_PORT}"\n'
-            f'peer = "{remote}:{FAILOVER_PORT}"\nkey_file = "{key_file(topo)}"\n'
+            f'peer = "{remote}:{FAILOVER_PORT}"\nkey_file = "{key_file(topo)}"\n{peer_legs}'
             f'priority = {PRIORITY.get(name, 100)}\npoll_ms = {poll_ms}\nhold_ms = {hold_ms}\n'
             f'{extra}{vips}')
 
