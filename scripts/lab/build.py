@@ -1,6 +1,7 @@
 """Builds a described Topology (topology.py) with pyroute2, and removes it again.
 
     up(topo)          namespaces, bridges, veth pairs, addresses, routes, sysctls
+    up_node(topo, n)  one node again after a power cut (a unit that rejoins)
     down(prefix)      removes exactly the lab's namespaces under that prefix, idempotently,
                       also after a crash; returns the names it removed
     power_cut(names)  what down does to namespaces, usable on one unit (a failover kill):
@@ -76,31 +77,15 @@ def up(topo: Topology, log=print) -> None:
     made: list[str] = []
     try:
         for node in topo.nodes:
-            name = topo.ns(node.name)
-            netns.create(name)
-            made.append(name)
+            _make_namespace(topo, node.name)
+            made.append(topo.ns(node.name))
             _record(topo.prefix, made)
-            # An IPv4 lab: no IPv6 addresses, router solicitations or DAD on any leg.
-            nsexec.sysctl(name, "net.ipv6.conf.default.disable_ipv6", 1)
-            nsexec.sysctl(name, "net.ipv6.conf.all.disable_ipv6", 1)
-            with IPRoute(netns=name, flags=0) as ipr:
-                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         for sw in topo.of_role("switch"):
             with IPRoute(netns=topo.ns(sw.name), flags=0) as ipr:
                 ipr.link("add", ifname=BRIDGE, kind="bridge")
                 ipr.link("set", index=ipr.link_lookup(ifname=BRIDGE)[0], state="up")
         for link in topo.links:
-            with IPRoute(netns=topo.ns(link.switch), flags=0) as ipr:
-                ipr.link("add", ifname=link.port, kind="veth",
-                         peer={"ifname": link.leg, "net_ns_fd": topo.ns(link.node)})
-                port = ipr.link_lookup(ifname=link.port)[0]
-                ipr.link("set", index=port, master=ipr.link_lookup(ifname=BRIDGE)[0])
-                ipr.link("set", index=port, state="up")
-            with IPRoute(netns=topo.ns(link.node), flags=0) as ipr:
-                leg = ipr.link_lookup(ifname=link.leg)[0]
-                for cidr in link.addrs:
-                    _addr_add(ipr, leg, cidr)
-                ipr.link("set", index=leg, state="up")
+            _make_link(topo, link)
         with IPRoute(netns=topo.ns(topo.active), flags=0) as ipr:
             for v in topo.virtuals:
                 _addr_add(ipr, ipr.link_lookup(ifname=v.leg)[0], v.addr)
@@ -116,6 +101,57 @@ def up(topo: Topology, log=print) -> None:
         down(topo.prefix, log=log)
         raise
     log(f"lab: built {len(made)} namespaces: {' '.join(made)}")
+
+
+def _make_namespace(topo: Topology, node: str) -> None:
+    name = topo.ns(node)
+    netns.create(name)
+    # An IPv4 lab: no IPv6 addresses, router solicitations or DAD on any leg.
+    nsexec.sysctl(name, "net.ipv6.conf.default.disable_ipv6", 1)
+    nsexec.sysctl(name, "net.ipv6.conf.all.disable_ipv6", 1)
+    with IPRoute(netns=name, flags=0) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
+def _make_link(topo: Topology, link) -> None:
+    with IPRoute(netns=topo.ns(link.switch), flags=0) as ipr:
+        ipr.link("add", ifname=link.port, kind="veth",
+                 peer={"ifname": link.leg, "net_ns_fd": topo.ns(link.node)})
+        port = ipr.link_lookup(ifname=link.port)[0]
+        ipr.link("set", index=port, master=ipr.link_lookup(ifname=BRIDGE)[0])
+        ipr.link("set", index=port, state="up")
+    with IPRoute(netns=topo.ns(link.node), flags=0) as ipr:
+        leg = ipr.link_lookup(ifname=link.leg)[0]
+        for cidr in link.addrs:
+            _addr_add(ipr, leg, cidr)
+        ipr.link("set", index=leg, state="up")
+
+
+def up_node(topo: Topology, node: str, log=print) -> None:
+    """Build one node of a running lab again after a power cut: its namespace, its legs (their
+    switch ports vanished with it), addresses, routes and sysctls; no virtual address (the
+    survivor holds them). Refuses if its namespace exists."""
+    name = topo.ns(node)
+    if name in existing_namespaces():
+        raise LabError(f"namespace {name} is still there")
+    if topo.node(node).role == "switch":
+        raise LabError(f"{node} is a switch: rebuild the whole lab instead")
+    try:
+        _make_namespace(topo, node)
+        for link in topo.links:
+            if link.node == node:
+                _make_link(topo, link)
+        for r in topo.routes:
+            if r.node == node:
+                with IPRoute(netns=name, flags=0) as ipr:
+                    ipr.route("add", dst="0.0.0.0/0" if r.dst == "default" else r.dst,
+                              gateway=r.gateway)
+        if topo.node(node).role in FORWARDING_ROLES:
+            nsexec.sysctl(name, "net.ipv4.ip_forward", 1)
+    except BaseException:
+        power_cut([name], log=log)
+        raise
+    log(f"lab: rebuilt {name}")
 
 
 def _addr_add(ipr: IPRoute, index: int, cidr: str) -> None:
