@@ -16,9 +16,12 @@ Per system, in its own lab under --prefix (taken down at the end, also on error 
             then waited for until the standby holds them too (natpair: its core's state
             count; the incumbent: conntrackd's external cache)
     kill    --kills times per size: sinks on out-srv, from in-host a sequenced UDP stream and
-            TCP_FLOWS TCP connections, each at 1000 records/s (scripts/lab/stream.py); after
-            PRE_S the active is power-cut (scripts/lab/build.power_cut: SIGSTOP, SIGKILL,
-            links down, namespace deleted). Per flow: the gap = the longest silence at the
+            TCP_FLOWS TCP connections, each at 1000 records/s, and one bulk TCP connection
+            paced to BULK_MBIT (its window full when the path goes, as iperf3's: it waits for
+            its retransmission timer) (scripts/lab/stream.py); after PRE_S the active is
+            power-cut (scripts/lab/build.power_cut with links_first: SIGSTOP, links down,
+            SIGKILL, namespace deleted: a kernel NAT's forwarding stops with its processes,
+            as natpair's does). Per flow: the gap = the longest silence at the
             receiver (ms); a TCP connection survived when it was neither reset nor moved to
             another NAT port and every record arrived. takeover = from the cut to the
             survivor being active (natpair: its status says ACTIVE; the incumbent: it holds
@@ -43,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -65,6 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 UDPFILL_SRC = REPO / "scripts" / "udpfill.c"
 UDPFILL = REPO / ".build" / "udpfill"
 DEFAULT_PNG = REPO / ".build" / "bench-failover.png"
+LOGS = REPO / ".build" / "bench-failover-logs"
 
 SYSTEMS = ("natpair", "incumbent")
 DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
@@ -72,6 +77,7 @@ QUICK_SIZES = (1_000, 100_000)
 FILL_SPORT, FILL_DPORT, FILL_DPORTS = 30000, 20000, 1000
 UDP_PORT, TCP_PORT = 9000, 9001
 TCP_FLOWS = 2
+BULK_PORT, BULK_MBIT = 9010, 100
 PRE_S, POST_S = 1.0, 2.5
 FLAT_MS = 10.0
 TARGETS = {"udp_gap": 20.0, "tcp_gap": 50.0, "lag_p99": 5.0, "bulk_1m_s": 3.0}
@@ -100,6 +106,7 @@ class Kill:
     udp_lost: int
     tcp_gaps_ms: list[float | None]
     tcp_survived: list[bool]
+    bulk_gap_ms: float | None = None    # the bulk TCP connection's gap
     notes: list[str] = field(default_factory=list)
     lag: dict | None = None             # the active's LagHistogram snapshot before the cut
 
@@ -168,12 +175,13 @@ def summary(run: SystemRun, sizes: list[int]) -> dict:
             "kills": len(ks),
             "udp_gap": spread([k.udp_gap_ms for k in ks]),
             "tcp_gap": spread([g for k in ks for g in k.tcp_gaps_ms]),
+            "bulk_gap": spread([k.bulk_gap_ms for k in ks]),
             "tcp_survived": (sum(tcp_ok), len(tcp_ok)),
             "takeover": spread([k.takeover_ms for k in ks]),
             "bulk_s": spread(run.bulk_s.get(size, [])),
         }
     meds = {key: [out["sizes"][s][key]["median"] for s in sizes if out["sizes"][s][key]]
-            for key in ("udp_gap", "tcp_gap")}
+            for key in ("udp_gap", "tcp_gap", "bulk_gap")}
     out["flat"] = {key: (max(m) - min(m) if len(m) == len(sizes) and m else None)
                    for key, m in meds.items()}
     out["lag"] = merge_lag(run.lags)
@@ -195,12 +203,15 @@ def table(runs: dict[str, SystemRun], sizes: list[int]) -> str:
 
     for size in sizes:
         sl = size_label(size)
-        for key, label, target in (("udp_gap", "UDP gap ms", f"<= {TARGETS['udp_gap']:g} median"),
-                                   ("tcp_gap", "TCP gap ms", f"<= {TARGETS['tcp_gap']:g} median")):
+        for key, label, target in (
+                ("udp_gap", "UDP gap ms", f"<= {TARGETS['udp_gap']:g} median"),
+                ("tcp_gap", "TCP gap ms (1000 rec/s)", f"<= {TARGETS['tcp_gap']:g} median"),
+                ("bulk_gap", f"TCP gap ms (bulk {BULK_MBIT} Mbit/s)",
+                 f"<= {TARGETS['tcp_gap']:g} median")):
             cells = {}
             for n in names:
                 s = sums[n]["sizes"][size][key]
-                goal = TARGETS[key]
+                goal = TARGETS["tcp_gap" if key == "bulk_gap" else key]
                 cells[n] = fmt_spread(s) + (_verdict(s["median"] <= goal) if s else "")
             row(f"{label}, {sl} states", cells, target)
         cells = {}
@@ -210,7 +221,7 @@ def table(runs: dict[str, SystemRun], sizes: list[int]) -> str:
         row(f"TCP conns survived, {sl}", cells, "100 %")
         row(f"takeover ms, {sl}", {n: fmt_spread(sums[n]["sizes"][size]["takeover"])
                                    for n in names})
-    for key, label in (("udp_gap", "UDP"), ("tcp_gap", "TCP")):
+    for key, label in (("udp_gap", "UDP"), ("tcp_gap", "TCP"), ("bulk_gap", "TCP bulk")):
         cells = {}
         for n in names:
             d = sums[n]["flat"][key]
@@ -259,7 +270,9 @@ def chart(runs: dict[str, SystemRun], sizes: list[int], path: Path) -> Path:
     style = {"natpair": "tab:blue", "incumbent": "tab:red"}
     for name, r in runs.items():
         s = summary(r, sizes)["sizes"]
-        for key, marker, ls in (("udp_gap", "o", "-"), ("tcp_gap", "s", "--")):
+        for key, marker, ls, what in (("udp_gap", "o", "-", "UDP"),
+                                      ("tcp_gap", "s", "--", "TCP 1000 rec/s"),
+                                      ("bulk_gap", "^", ":", "TCP bulk")):
             xs, ys, lo, hi = [], [], [], []
             for size in sizes:
                 sp = s[size][key]
@@ -271,7 +284,7 @@ def chart(runs: dict[str, SystemRun], sizes: list[int], path: Path) -> Path:
                 hi.append(sp["max"] - sp["median"])
             if xs:
                 ax.errorbar(xs, ys, yerr=[lo, hi], marker=marker, linestyle=ls, capsize=4,
-                            color=style.get(name), label=f"{name} {key.split('_')[0].upper()}")
+                            color=style.get(name), label=f"{name} {what}")
     ax.axhline(TARGETS["udp_gap"], color="gray", linestyle=":", linewidth=1)
     ax.axhline(TARGETS["tcp_gap"], color="gray", linestyle="-.", linewidth=1)
     ax.text(sizes[0], TARGETS["udp_gap"], " UDP target", va="bottom", fontsize=8, color="gray")
@@ -321,11 +334,17 @@ class Natpair:
     def held(self, unit: str, standby: bool) -> int:
         return int(self.status(unit).get("states", -1))
 
+    def replicable(self, unit: str) -> int:
+        return self.held(unit, standby=False)
+
     def lag(self, unit: str) -> dict | None:
         return self.status(unit).get("failover", {}).get("lag")
 
     def forget(self, unit: str) -> None:
         pass
+
+    def standby_ready(self, unit: str) -> bool:
+        return self.status(unit).get("role") == "STANDBY_READY"
 
 
 class Incumbent:
@@ -346,8 +365,7 @@ class Incumbent:
         if not others:
             incumbent.wait_master(self.topo, unit)
             return 0.0
-        master = others[0]
-        want = incumbent.kernel_states(self.topo, master)
+        want = self.replicable(others[0])
         deadline = t0 + ready_s
         while incumbent.conntrackd_stats(self.topo, unit)["external"] < 0.99 * want:
             if time.monotonic() > deadline:
@@ -369,11 +387,19 @@ class Incumbent:
             self.forget(unit)
             return False
 
+    def standby_ready(self, unit: str) -> bool:
+        return self._alive(unit) and not self.is_active(unit)
+
     def forget(self, unit: str) -> None:
         """Close the unit's netlink socket: it would keep a cut unit's namespace alive."""
         ipr = self._ipr.pop(unit, None)
         if ipr is not None:
             ipr.close()
+
+    def replicable(self, unit: str) -> int:
+        """What the standby should hold: conntrackd's internal cache on the active (the
+        kernel's table less what its filter leaves out: the failover link, VRRP)."""
+        return incumbent.conntrackd_stats(self.topo, unit)["internal"]
 
     def held(self, unit: str, standby: bool) -> int:
         if standby:
@@ -412,6 +438,15 @@ def new_lab(prefix: str) -> Topology:
     return topo
 
 
+def keep_logs(topo: Topology, system: str) -> None:
+    """The units' logs, out of the run dir that down() removes, into .build/."""
+    dest = LOGS / system
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in build.run_dir(topo.prefix).glob("*.log"):
+        shutil.copy(f, dest / f.name)
+
+
 def measure_cps(system: str, prefix: str, seconds: float, max_states: int,
                 advert_s: float) -> dict[str, float]:
     """New TCP connections/s through fw-a, replication off then on, in a lab of its own."""
@@ -441,65 +476,92 @@ def measure_cps(system: str, prefix: str, seconds: float, max_states: int,
     return out
 
 
+def _udpfill(topo: Topology, first: int, last: int, pps: int) -> None:
+    r = nsexec.run(topo.ns(HOST), [str(UDPFILL), SERVER_ADDR, str(FILL_SPORT), str(FILL_DPORT),
+                                   str(FILL_DPORTS), str(first), str(last), str(pps)],
+                   timeout=(last - first) / max(pps, 1) * 3 + 30)
+    if r.returncode != 0:
+        raise BenchError(f"udpfill: {r.stderr.strip()[-200:]}")
+
+
 def fill(topo: Topology, sys_, active: str, standby: str, size: int, pps: int,
-         timeout_s: float) -> dict:
-    """Fill the active's table to `size` UDP states and wait until the standby holds them."""
+         timeout_s: float, done: int = 0) -> dict:
+    """Fill the active's table with flows [done, size) so that it holds `size` UDP states,
+    and wait until the standby holds them. In chunks of about a second of packets: a chunk
+    that did not all become states is sent again at half the rate (what the unit cannot
+    take is dropped: a queue that is full fails closed); a chunk that did goes on faster."""
     t0 = time.monotonic()
-    passes = 0
-    while True:
-        passes += 1
-        r = nsexec.run(topo.ns(HOST), [str(UDPFILL), SERVER_ADDR, str(FILL_SPORT),
-                                       str(FILL_DPORT), str(FILL_DPORTS), "0", str(size),
-                                       str(pps)], timeout=size / max(pps, 1) * 3 + 30)
-        if r.returncode != 0:
-            raise BenchError(f"udpfill: {r.stderr.strip()[-200:]}")
-        time.sleep(0.3)
-        held = sys_.held(active, standby=False)
-        if held >= size or passes >= 4:
-            break
-        log(f"  {sys_.name}: {held} of {size} states after pass {passes}; again")
+    base = sys_.held(active, standby=False) - done      # states that are not the filler's
+    rate, lo, resent = pps, done, 0
+    while lo < size:
+        hi = min(size, lo + max(1000, rate))
+        for attempt in range(6):
+            _udpfill(topo, lo, hi, rate)
+            time.sleep(0.05)
+            if sys_.held(active, standby=False) - base >= hi - (hi - lo) // 200:
+                break
+            resent += 1
+            rate = max(1000, rate // 2)
+        else:
+            raise BenchError(f"{sys_.name}: the active holds {sys_.held(active, False)} states, "
+                             f"not {hi + base}, after 6 tries at {rate} packets/s")
+        if attempt == 0:
+            rate = min(pps, rate * 3 // 2)
+        lo = hi
+    held = sys_.held(active, standby=False)
     fill_s = time.monotonic() - t0
-    want = 0.99 * held
+    want = 0.99 * sys_.replicable(active)
     deadline = time.monotonic() + timeout_s
     while (got := sys_.held(standby, standby=True)) < want:
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
     rep_s = time.monotonic() - t0
-    return {"active": held, "standby": got, "passes": passes, "fill_s": round(fill_s, 2),
-            "replicated_s": round(rep_s, 2), "complete": got >= want}
+    return {"active": held, "standby": got, "resent_chunks": resent, "fill_s": round(fill_s, 2),
+            "last_rate_pps": rate, "replicated_s": round(rep_s, 2), "complete": got >= want}
 
 
 def _stream(ns: str, mode: str, proto: str, port: int, seconds: float) -> subprocess.Popen:
     return labrun._popen(ns, labrun._stream_argv(mode, proto, port, seconds))
 
 
-def one_kill(topo: Topology, sys_, size: int) -> Kill:
+def one_kill(topo: Topology, sys_, size: int, ready_s: float) -> Kill:
     """Streams through the pair, the active power-cut after PRE_S; what the flows saw."""
     active = next((u for u in UNITS if sys_.is_active(u)), None)
     if active is None:
         raise BenchError("no unit is active")
     survivor = next(u for u in UNITS if u != active)
+    deadline = time.monotonic() + ready_s
+    while not sys_.standby_ready(survivor):
+        if time.monotonic() > deadline:
+            raise BenchError(f"{survivor} is not standby-ready after {ready_s:.0f} s: "
+                             "no kill (nobody would take over)")
+        time.sleep(0.1)
     host, srv = topo.ns(HOST), topo.ns(SERVER)
     flow_s = PRE_S + POST_S
-    ports = [("udp", UDP_PORT)] + [("tcp", TCP_PORT + i) for i in range(TCP_FLOWS)]
-    sinks = [_stream(srv, "sink", proto, port, flow_s + 8) for proto, port in ports]
+    ports = ([("udp", UDP_PORT)] + [("tcp", TCP_PORT + i) for i in range(TCP_FLOWS)]
+             + [("bulk", BULK_PORT)])
+    sinks = [_stream(srv, "sink", "udp" if proto == "udp" else "tcp", port, flow_s + 8)
+             for proto, port in ports]
     try:
         for p in sinks:
             line = p.stdout.readline().strip()
             if line != "ready":
                 raise BenchError(f"stream sink: {line or p.stderr.read()[-200:]}")
-        senders = [_stream(host, "send", proto, port, flow_s) for proto, port in ports]
+        senders = [_stream(host, "send", proto, port, flow_s) if proto != "bulk" else
+                   labrun._popen(host, labrun._stream_argv("send", "tcp", port, flow_s)
+                                 + ["--pps", "0", "--mbit", str(BULK_MBIT)])
+                   for proto, port in ports]
         time.sleep(PRE_S)
         lag = sys_.lag(active)
         sys_.forget(active)
         t0 = time.monotonic()
-        build.power_cut([topo.ns(active)], log=quiet)
-        while not sys_.is_active(survivor):
+        build.power_cut([topo.ns(active)], log=quiet, links_first=True)
+        while not (taken := sys_.is_active(survivor)):
             if time.monotonic() - t0 > 15:
                 break
             time.sleep(0.002)
-        took = (time.monotonic() - t0) * 1000
+        took = (time.monotonic() - t0) * 1000 if taken else float("nan")
         outs = []
         for snd, snk in zip(senders, sinks):
             s_out, _ = snd.communicate(timeout=60)
@@ -513,8 +575,7 @@ def one_kill(topo: Topology, sys_, size: int) -> Kill:
     for (proto, _), (snt, got, err) in zip(ports, outs):
         if not snt or not got:
             k.notes.append(f"{proto}: no result {err.strip()[-100:]}")
-            if proto == "tcp":
-                k.tcp_gaps_ms.append(None)
+            if proto != "udp":
                 k.tcp_survived.append(False)
             continue
         gap = got["max_gap_ms"]
@@ -523,7 +584,10 @@ def one_kill(topo: Topology, sys_, size: int) -> Kill:
             continue
         ok = (not snt["error"] and not got["reset"] and got["distinct_ports"] == 1
               and got["received"] == snt["sent"])
-        k.tcp_gaps_ms.append(gap)
+        if proto == "bulk":
+            k.bulk_gap_ms = gap
+        else:
+            k.tcp_gaps_ms.append(gap)
         k.tcp_survived.append(ok)
         if not ok:
             k.notes.append(f"tcp: error={snt['error']} reset={got['reset']} "
@@ -550,23 +614,29 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
         sys_.start(FW_B, 60)
         if isinstance(sys_, Incumbent):
             sys_.settle()
+        done = 0
         for size in sizes:
             active = next(u for u in UNITS if sys_.is_active(u))
             standby = next(u for u in UNITS if u != active)
-            f = fill(topo, sys_, active, standby, size, args.fill_pps, args.sync_timeout)
+            f = fill(topo, sys_, active, standby, size, args.fill_pps, args.sync_timeout, done)
+            done = size
             res.filled[size] = f
             log(f"{system}: {size_label(size)}: active holds {f['active']} states "
-                f"({f['passes']} pass(es), {f['fill_s']} s), standby {f['standby']} after "
+                f"(filled in {f['fill_s']} s, {f['resent_chunks']} chunks sent again, last at "
+                f"{f['last_rate_pps']} packets/s), standby {f['standby']} after "
                 f"{f['replicated_s']} s" + ("" if f["complete"] else " (INCOMPLETE)"))
             for i in range(args.kills):
-                k = one_kill(topo, sys_, size)
+                k = one_kill(topo, sys_, size, args.sync_timeout)
                 if k.lag:
                     res.lags.append(k.lag)
                 res.kills.append(k)
+                if k.takeover_ms != k.takeover_ms:          # nan: nobody took over
+                    raise BenchError(f"{size_label(size)} kill {i + 1}: {k.dead} cut, and the "
+                                     "other unit did not become active within 15 s")
                 tcp = " ".join("-" if g is None else f"{g:.0f}" for g in k.tcp_gaps_ms)
                 log(f"{system}: {size_label(size)} kill {i + 1}/{args.kills}: {k.dead} cut, "
                     f"takeover {k.takeover_ms:.0f} ms, UDP gap {k.udp_gap_ms} ms "
-                    f"(lost {k.udp_lost}), TCP gaps {tcp} ms, survived "
+                    f"(lost {k.udp_lost}), TCP gaps {tcp} ms, bulk {k.bulk_gap_ms} ms, survived "
                     f"{sum(k.tcp_survived)}/{len(k.tcp_survived)}"
                     + (f"; {'; '.join(k.notes)}" if k.notes else ""))
                 build.up_node(topo, k.dead, log=quiet)
@@ -579,6 +649,7 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
     finally:
         for u in UNITS:
             sys_.forget(u)
+        keep_logs(topo, system)
         build.down(args.prefix, log=quiet)
     log(f"{system}: done in {time.monotonic() - t_sys:.0f} s")
     return res
@@ -684,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {name}: {e}")
     png = chart(runs, sizes, args.png)
     print(f"chart: {png}")
+    print(f"the units' logs: {LOGS}/<system>/")
     if args.json:
         args.json.write_text(json.dumps({n: asdict(r) for n, r in runs.items()}, indent=1,
                                         default=str) + "\n")

@@ -196,16 +196,47 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def power_cut(names: list[str], log=print, wait_s: float = 5.0) -> None:
-    """Stop, kill, unplug and delete the namespaces `names` (those that exist)."""
+def _links_down(name: str, ipr: IPRoute | None, log) -> None:
+    try:
+        if ipr is None:
+            with IPRoute(netns=name, flags=0) as own:
+                _links_down(name, own, log)
+            return
+        for link in ipr.get_links():
+            ipr.link("set", index=link["index"], state="down")
+    except OSError as e:
+        log(f"lab: {name}: could not set its links down: {e}")
+
+
+def power_cut(names: list[str], log=print, wait_s: float = 5.0,
+              links_first: bool = False) -> None:
+    """Stop, kill, unplug and delete the namespaces `names` (those that exist).
+    `links_first`: unplug right after the SIGSTOP, before the SIGKILL: the kernel's own
+    forwarding (a kernel NAT, not natpair, whose data path is its stopped process) stops
+    then too, and not only after every process is reaped, as with a real power cut."""
     names = [n for n in names if (NETNS_DIR / n).exists()]
+    iprs = {}
+    if links_first:                       # opened beforehand: it forks a helper in the namespace
+        for n in names:
+            try:
+                iprs[n] = IPRoute(netns=n, flags=0)
+            except OSError as e:
+                log(f"lab: {n}: no netlink socket: {e}")
     stopped: set[int] = set()
-    for _ in range(10):                   # stop until no new process appears (forks in flight)
-        new = {p for n in names for p in pids_in(n)} - stopped
-        if not new:
-            break
-        _signal_all(sorted(new), signal.SIGSTOP)
-        stopped |= new
+    try:
+        for _ in range(10):               # stop until no new process appears (forks in flight)
+            new = {p for n in names for p in pids_in(n)} - stopped
+            if not new:
+                break
+            _signal_all(sorted(new), signal.SIGSTOP)
+            stopped |= new
+            while iprs:
+                n, ipr = iprs.popitem()
+                _links_down(n, ipr, log)
+                ipr.close()
+    finally:
+        for ipr in iprs.values():
+            ipr.close()                   # it would keep the namespace alive
     _signal_all(sorted(stopped), signal.SIGKILL)
     deadline = time.monotonic() + wait_s
     while True:
@@ -219,13 +250,9 @@ def power_cut(names: list[str], log=print, wait_s: float = 5.0) -> None:
         time.sleep(0.02)
     if stopped:
         log(f"lab: killed {len(stopped)} processes: {' '.join(map(str, sorted(stopped)))}")
-    for name in names:
-        try:
-            with IPRoute(netns=name, flags=0) as ipr:
-                for link in ipr.get_links():
-                    ipr.link("set", index=link["index"], state="down")
-        except OSError as e:
-            log(f"lab: {name}: could not set its links down: {e}")
+    if not links_first:
+        for name in names:
+            _links_down(name, None, log)
     for name in names:
         try:
             netns.remove(name)
