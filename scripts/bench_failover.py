@@ -63,7 +63,7 @@ from scripts.bench_unit import CPS_PORT, build_connrate, cps
 from scripts.lab import build, incumbent, nsexec
 from scripts.lab import run as labrun
 from scripts.lab.topology import FW_A, FW_B, HOST, SERVER, SERVER_ADDR, UNITS, Topology, lab
-from scripts.lab.unit import socket_path, start_unit, wait_role
+from scripts.lab.unit import HOLD_MS, POLL_MS, socket_path, start_unit, wait_role
 
 REPO = Path(__file__).resolve().parents[1]
 UDPFILL_SRC = REPO / "scripts" / "udpfill.c"
@@ -109,6 +109,7 @@ class Kill:
     bulk_gap_ms: float | None = None    # the bulk TCP connection's gap
     notes: list[str] = field(default_factory=list)
     lag: dict | None = None             # the active's LagHistogram snapshot before the cut
+    survivor_counters: dict = field(default_factory=dict)   # natpair: core counters that moved
 
 
 @dataclass
@@ -219,8 +220,6 @@ def table(runs: dict[str, SystemRun], sizes: list[int]) -> str:
             ok, total = sums[n]["sizes"][size]["tcp_survived"]
             cells[n] = f"{ok}/{total}" + (_verdict(ok == total) if total else "")
         row(f"TCP conns survived, {sl}", cells, "100 %")
-        row(f"takeover ms, {sl}", {n: fmt_spread(sums[n]["sizes"][size]["takeover"])
-                                   for n in names})
     for key, label in (("udp_gap", "UDP"), ("tcp_gap", "TCP"), ("bulk_gap", "TCP bulk")):
         cells = {}
         for n in names:
@@ -268,17 +267,20 @@ def chart(runs: dict[str, SystemRun], sizes: list[int], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     style = {"natpair": "tab:blue", "incumbent": "tab:red"}
+    series = 0
     for name, r in runs.items():
         s = summary(r, sizes)["sizes"]
         for key, marker, ls, what in (("udp_gap", "o", "-", "UDP"),
                                       ("tcp_gap", "s", "--", "TCP 1000 rec/s"),
                                       ("bulk_gap", "^", ":", "TCP bulk")):
             xs, ys, lo, hi = [], [], [], []
+            dodge = 1.06 ** (series - 2.5)          # side by side, so the bars do not hide
+            series += 1
             for size in sizes:
                 sp = s[size][key]
                 if sp is None:
                     continue
-                xs.append(size)
+                xs.append(size * dodge)
                 ys.append(sp["median"])
                 lo.append(sp["median"] - sp["min"])
                 hi.append(sp["max"] - sp["median"])
@@ -290,7 +292,14 @@ def chart(runs: dict[str, SystemRun], sizes: list[int], path: Path) -> Path:
     ax.text(sizes[0], TARGETS["udp_gap"], " UDP target", va="bottom", fontsize=8, color="gray")
     ax.text(sizes[0], TARGETS["tcp_gap"], " TCP target", va="bottom", fontsize=8, color="gray")
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=100)
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    lo, hi = min(lo, TARGETS["udp_gap"] / 1.5), max(hi, TARGETS["tcp_gap"] * 1.5)
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
+             if lo <= t <= hi]
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(lo, hi)
     ax.set_xticks(sizes, [size_label(x) for x in sizes])
     ax.set_xlabel("states in the table at the kill")
     ax.set_ylabel("gap at the receiver, ms (median, bars min..max)")
@@ -310,17 +319,34 @@ class Natpair:
     """The natpair pair (scripts/lab/unit.py with [failover])."""
     name = "natpair"
 
-    def __init__(self, topo: Topology, max_states: int):
-        self.topo = topo
+    def __init__(self, topo: Topology, max_states: int, poll_ms: int = POLL_MS,
+                 hold_ms: int = HOLD_MS):
+        self.topo, self.timers = topo, {"poll_ms": poll_ms, "hold_ms": hold_ms}
         self.extra = f"[core]\nmax_states = {max_states}\n\n[timeouts]\nudp = 3600\n"
 
     def start(self, unit: str, ready_s: float) -> float:
-        """Start `unit` in the pair; seconds from its start to ACTIVE or STANDBY_READY."""
+        """Start `unit` in the pair: the first one until ACTIVE (0.0), one that joins an
+        active peer until STANDBY_READY (the seconds from its start: the bulk sync)."""
+        peer = next(u for u in UNITS if u != unit)
+        joins = self.status(peer).get("role") == "ACTIVE"
         t0 = time.monotonic()
         start_unit(self.topo, unit, log=quiet, failover=True, extra_config=self.extra,
-                   ready_s=30)
-        st = wait_role(self.topo, unit, ("ACTIVE", "STANDBY_READY"), timeout_s=ready_s)
-        return time.monotonic() - t0 if st["role"] == "STANDBY_READY" else 0.0
+                   ready_s=30, **self.timers)
+        if not joins:
+            wait_role(self.topo, unit, ("ACTIVE",), timeout_s=ready_s)
+            return 0.0
+        deadline = t0 + ready_s
+        while (role := self.status(unit).get("role")) != "STANDBY_READY":
+            if role == "ACTIVE" or self.status(peer).get("role") != "ACTIVE":
+                raise BenchError(f"{unit} joined {peer} (ACTIVE, holding the table) and "
+                                 f"became {role}, {peer} {self.status(peer).get('role')}: "
+                                 "the unit with the table gave way")
+            if time.monotonic() > deadline:
+                bulk = self.status(unit).get("failover", {}).get("bulk_recv")
+                raise BenchError(f"{unit}: {role}, not STANDBY_READY {ready_s:.0f} s after "
+                                 f"its start (bulk: {bulk})")
+            time.sleep(0.02)
+        return time.monotonic() - t0
 
     def status(self, unit: str) -> dict:
         try:
@@ -345,6 +371,14 @@ class Natpair:
 
     def standby_ready(self, unit: str) -> bool:
         return self.status(unit).get("role") == "STANDBY_READY"
+
+    def counters(self, unit: str) -> dict:
+        try:
+            reply = request(str(socket_path(self.topo, unit)), "counters", timeout=2.0)
+        except (OSError, ValueError):
+            return {}
+        return {f"{part}.{k}": v for part in ("core", "feed")
+                for k, v in (reply.get(part) or {}).items() if isinstance(v, int)}
 
 
 class Incumbent:
@@ -389,6 +423,9 @@ class Incumbent:
 
     def standby_ready(self, unit: str) -> bool:
         return self._alive(unit) and not self.is_active(unit)
+
+    def counters(self, unit: str) -> dict:
+        return {}
 
     def forget(self, unit: str) -> None:
         """Close the unit's netlink socket: it would keep a cut unit's namespace alive."""
@@ -447,9 +484,9 @@ def keep_logs(topo: Topology, system: str) -> None:
         shutil.copy(f, dest / f.name)
 
 
-def measure_cps(system: str, prefix: str, seconds: float, max_states: int,
-                advert_s: float) -> dict[str, float]:
+def measure_cps(system: str, args, max_states: int) -> dict[str, float]:
     """New TCP connections/s through fw-a, replication off then on, in a lab of its own."""
+    prefix, seconds, advert_s = args.prefix, args.cps_seconds, args.advert_ms / 1000
     topo = new_lab(prefix)
     out: dict[str, float] = {}
     try:
@@ -462,7 +499,7 @@ def measure_cps(system: str, prefix: str, seconds: float, max_states: int,
             out["off"] = cps(topo, seconds, 4)[0]
             alone.proc.terminate()
             alone.proc.wait(timeout=20)
-            sys_ = Natpair(topo, max_states)
+            sys_ = Natpair(topo, max_states, args.poll_ms, args.hold_ms)
         else:
             nsexec.run(topo.ns(FW_A), ["iptables-restore"], input=incumbent.nat_rules(),
                        timeout=10, check=True)
@@ -491,20 +528,23 @@ def fill(topo: Topology, sys_, active: str, standby: str, size: int, pps: int,
     that did not all become states is sent again at half the rate (what the unit cannot
     take is dropped: a queue that is full fails closed); a chunk that did goes on faster."""
     t0 = time.monotonic()
-    base = sys_.held(active, standby=False) - done      # states that are not the filler's
     rate, lo, resent = pps, done, 0
     while lo < size:
         hi = min(size, lo + max(1000, rate))
+        # new states of this chunk, counted against the table before it (states of earlier
+        # streams may expire meanwhile: a small tolerance)
+        before = sys_.held(active, standby=False)
         for attempt in range(6):
             _udpfill(topo, lo, hi, rate)
             time.sleep(0.05)
-            if sys_.held(active, standby=False) - base >= hi - (hi - lo) // 200:
+            if sys_.held(active, standby=False) - before >= (hi - lo) - max(50, (hi - lo) // 200):
                 break
             resent += 1
             rate = max(1000, rate // 2)
         else:
-            raise BenchError(f"{sys_.name}: the active holds {sys_.held(active, False)} states, "
-                             f"not {hi + base}, after 6 tries at {rate} packets/s")
+            raise BenchError(f"{sys_.name}: {sys_.held(active, False) - before} new states of "
+                             f"{hi - lo} sent (flows {lo}..{hi}), after 6 tries, the last at "
+                             f"{rate} packets/s")
         if attempt == 0:
             rate = min(pps, rate * 3 // 2)
         lo = hi
@@ -523,6 +563,27 @@ def fill(topo: Topology, sys_, active: str, standby: str, size: int, pps: int,
 
 def _stream(ns: str, mode: str, proto: str, port: int, seconds: float) -> subprocess.Popen:
     return labrun._popen(ns, labrun._stream_argv(mode, proto, port, seconds))
+
+
+def _json_of(p: subprocess.Popen, timeout: float) -> dict:
+    """The JSON line a stream program printed; {} when it hangs (a TCP send blocked on a
+    path that never came back) and is killed."""
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+        return {}
+    return labrun._json_tail(out)
+
+
+def _sink_result(p: subprocess.Popen) -> tuple[dict, str]:
+    try:
+        out, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    return labrun._json_tail(out), err
 
 
 def one_kill(topo: Topology, sys_, size: int, ready_s: float) -> Kill:
@@ -553,6 +614,7 @@ def one_kill(topo: Topology, sys_, size: int, ready_s: float) -> Kill:
                                  + ["--pps", "0", "--mbit", str(BULK_MBIT)])
                    for proto, port in ports]
         time.sleep(PRE_S)
+        before = sys_.counters(survivor)
         lag = sys_.lag(active)
         sys_.forget(active)
         t0 = time.monotonic()
@@ -562,16 +624,15 @@ def one_kill(topo: Topology, sys_, size: int, ready_s: float) -> Kill:
                 break
             time.sleep(0.002)
         took = (time.monotonic() - t0) * 1000 if taken else float("nan")
-        outs = []
-        for snd, snk in zip(senders, sinks):
-            s_out, _ = snd.communicate(timeout=60)
-            k_out, k_err = snk.communicate(timeout=60)
-            outs.append((labrun._json_tail(s_out), labrun._json_tail(k_out), k_err))
+        outs = [(_json_of(snd, 30), *_sink_result(snk)) for snd, snk in zip(senders, sinks)]
+        after = sys_.counters(survivor)
     finally:
         for p in sinks:
             if p.poll() is None:
                 p.kill()
     k = Kill(size, active, round(took, 1), None, 0, [], [], lag=lag or None)
+    k.survivor_counters = {n: v - before.get(n, 0) for n, v in after.items()
+                           if v != before.get(n, 0)}
     for (proto, _), (snt, got, err) in zip(ports, outs):
         if not snt or not got:
             k.notes.append(f"{proto}: no result {err.strip()[-100:]}")
@@ -600,14 +661,13 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
     t_sys = time.monotonic()
     if not args.no_cps:
         try:
-            res.cps = measure_cps(system, args.prefix, args.cps_seconds, max_states,
-                                  args.advert_ms / 1000)
+            res.cps = measure_cps(system, args, max_states)
             log(f"{system}: new conn/s off {res.cps['off']:.0f}, on {res.cps['on']:.0f}")
         except (BenchError, RuntimeError, subprocess.SubprocessError) as e:
             res.errors.append(f"cps: {e}")
             log(f"{system}: cps failed: {e}")
     topo = new_lab(args.prefix)
-    sys_ = (Natpair(topo, max_states) if system == "natpair"
+    sys_ = (Natpair(topo, max_states, args.poll_ms, args.hold_ms) if system == "natpair"
             else Incumbent(topo, max_states, args.advert_ms / 1000))
     try:
         sys_.start(FW_A, 30)
@@ -692,6 +752,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--advert-ms", type=int, default=10,
                     help="keepalived's VRRPv3 advert interval (10: its fastest)")
+    ap.add_argument("--poll-ms", type=int, default=POLL_MS, help="natpair [failover] poll_ms")
+    ap.add_argument("--hold-ms", type=int, default=HOLD_MS, help="natpair [failover] hold_ms")
     ap.add_argument("--fill-pps", type=int, default=100_000)
     ap.add_argument("--sync-timeout", type=float, default=90.0,
                     help="seconds to wait for the standby to hold the table")
@@ -743,8 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"bench-failover: {args.kills} power cuts of the active per size, "
           f"{TCP_FLOWS} TCP connections + 1 UDP stream (1000 records/s each) per cut; "
-          f"incumbent = iptables SNAT + conntrackd FTFW + keepalived VRRPv3 "
-          f"{args.advert_ms} ms adverts")
+          f"1 bulk TCP connection ({BULK_MBIT} Mbit/s); natpair poll {args.poll_ms} / hold "
+          f"{args.hold_ms} ms; incumbent = iptables SNAT + conntrackd FTFW + keepalived "
+          f"VRRPv3 {args.advert_ms} ms adverts")
     print(table(runs, sizes))
     for name, r in runs.items():
         for size, f in r.filled.items():
