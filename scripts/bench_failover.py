@@ -813,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         for size, f in r.filled.items():
             if not f["complete"]:
                 print(f"note: {name} {size_label(size)}: the standby held {f['standby']} of "
-                      f"{f['active']} states at the kills")
+                      f"{f['active']} states when the kills were due")
         for e in r.errors:
             print(f"note: {name}: {e}")
     png = chart(runs, sizes, args.png)
