@@ -23,9 +23,10 @@ Per system, in its own lab under --prefix (taken down at the end, also on error 
             SIGKILL, namespace deleted: a kernel NAT's forwarding stops with its processes,
             as natpair's does). Per flow: the gap = the longest silence at the
             receiver (ms); a TCP connection survived when it was neither reset nor moved to
-            another NAT port and every record arrived. takeover = from the cut to the
-            survivor being active (natpair: its status says ACTIVE; the incumbent: it holds
-            the NAT address), polled every 2 ms.
+            another NAT port and every record arrived. In the log lines and the JSON only:
+            takeover = from the cut to the survivor being active (natpair: its status says
+            ACTIVE; the incumbent: it holds the NAT address), polled every 2 ms (coarse on a
+            loaded machine: the gap at the receiver is the figure).
     rejoin  the dead unit is built again (build.up_node) and started: the time from its
             start to standby-ready is the bulk sync time at that table size (the incumbent:
             until conntrackd's external cache holds the master's kernel table). The next
