@@ -664,8 +664,8 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
         try:
             res.cps = measure_cps(system, args, max_states)
             log(f"{system}: new conn/s off {res.cps['off']:.0f}, on {res.cps['on']:.0f}")
-        except (BenchError, RuntimeError, subprocess.SubprocessError) as e:
-            res.errors.append(f"cps: {e}")
+        except Exception as e:            # recorded; the bench goes on with the rest
+            res.errors.append(f"cps: {type(e).__name__}: {e}")
             log(f"{system}: cps failed: {e}")
     topo = new_lab(args.prefix)
     sys_ = (Natpair(topo, max_states, args.poll_ms, args.hold_ms) if system == "natpair"
@@ -704,8 +704,8 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
                 bulk = sys_.start(k.dead, args.sync_timeout)
                 res.bulk_s.setdefault(size, []).append(round(bulk, 3))
                 log(f"{system}: {k.dead} rejoined, standby-ready {bulk:.2f} s after its start")
-    except (BenchError, RuntimeError, subprocess.SubprocessError) as e:
-        res.errors.append(str(e))
+    except Exception as e:                # recorded; the bench goes on with the next system
+        res.errors.append(f"{type(e).__name__}: {e}" if not isinstance(e, BenchError) else str(e))
         log(f"{system}: stopped: {e}")
     finally:
         for u in UNITS:

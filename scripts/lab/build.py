@@ -127,7 +127,22 @@ def _make_link(topo: Topology, link) -> None:
         ipr.link("set", index=leg, state="up")
 
 
-def up_node(topo: Topology, node: str, log=print) -> None:
+def _wait_ports_gone(topo: Topology, node: str, wait_s: float) -> None:
+    """A deleted namespace's veth ends go with it, later: its cleanup runs in the kernel's
+    background (seconds with a big conntrack table). Wait until the switch ports are gone."""
+    deadline = time.monotonic() + wait_s
+    for link in topo.links:
+        if link.node != node:
+            continue
+        with IPRoute(netns=topo.ns(link.switch), flags=0) as ipr:
+            while ipr.link_lookup(ifname=link.port):
+                if time.monotonic() > deadline:
+                    raise LabError(f"{topo.ns(link.switch)}: port {link.port} still there "
+                                   f"{wait_s:g} s after {topo.ns(node)} was deleted")
+                time.sleep(0.05)
+
+
+def up_node(topo: Topology, node: str, log=print, wait_s: float = 60.0) -> None:
     """Build one node of a running lab again after a power cut: its namespace, its legs (their
     switch ports vanished with it), addresses, routes and sysctls; no virtual address (the
     survivor holds them). Refuses if its namespace exists."""
@@ -136,6 +151,7 @@ def up_node(topo: Topology, node: str, log=print) -> None:
         raise LabError(f"namespace {name} is still there")
     if topo.node(node).role == "switch":
         raise LabError(f"{node} is a switch: rebuild the whole lab instead")
+    _wait_ports_gone(topo, node, wait_s)
     try:
         _make_namespace(topo, node)
         for link in topo.links:
