@@ -7,6 +7,7 @@
 #   make fuzz        the libFuzzer target for FUZZ_SECONDS (default 300)
 #   make bench       scripts/bench_core.py, then scripts/bench_bulk.py (bulk sync: C vs Python, two Pairs)
 #   make bench-unit  fw-a vs kernel forwarding and kernel NAT, in its own lab (as root)
+#   make bench-failover  power cuts of the active, natpair vs conntrackd+keepalived (as root)
 #   make lab         the namespace lab: build, start the pair, traffic, kill the active, report
 #                    and the continuity picture (a PNG; as root)
 #   make kill-active power-cut the active unit of a running lab (as root)
@@ -24,6 +25,9 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 REQUIREMENTS := requirements.txt requirements-dev.txt
+
+# Only for `make bench-failover` (the incumbent it measures), not for `make test`.
+BENCH_APT_PACKAGES := conntrackd keepalived conntrack
 
 APT_PACKAGES := build-essential clang libclang-rt-14-dev libnetfilter-queue-dev libmnl-dev \
 	iptables iproute2 iperf3 curl iputils-ping python3-venv
@@ -45,29 +49,37 @@ FUZZ_CC := clang -g -O1 -fsanitize=fuzzer,address,undefined -Icext
 # UBSan only prints by default; make its findings stop the run like ASan's.
 FUZZ_ENV := UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
-.PHONY: deps apt-deps build test pytest fuzz fuzz-short bench bench-unit lab lab-down kill-active rejoin soak clean \
-	distclean
+.PHONY: deps apt-deps bench-deps build test pytest fuzz fuzz-short bench bench-unit bench-failover lab \
+	lab-down kill-active rejoin soak clean distclean
 
 # ---- deps -------------------------------------------------------------------
 
 deps: apt-deps $(STAMP)
 
-apt-deps:
+# $(call apt_install,PACKAGES): install the Debian packages of the list that are missing
+define apt_install
 	@missing=""; \
-	for p in $(APT_PACKAGES); do \
+	for p in $(1); do \
 	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' "$$p" 2>/dev/null)" = installed ] \
 	    || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" -ne 0 ]; then \
 	  echo "natpair: missing Debian packages:$$missing" >&2; \
-	  echo "natpair: run 'sudo make deps' (or 'sudo make test') to install them" >&2; \
+	  echo "natpair: run 'sudo make $@' to install them" >&2; \
 	  exit 1; \
 	fi; \
 	echo "natpair: installing Debian packages:$$missing"; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update; \
 	apt-get install -y $$missing
+endef
+
+apt-deps:
+	$(call apt_install,$(APT_PACKAGES))
+
+bench-deps: apt-deps
+	$(call apt_install,$(BENCH_APT_PACKAGES))
 
 # Reinstalled only when a requirements file changes.
 $(STAMP): $(REQUIREMENTS) | apt-deps
@@ -116,6 +128,11 @@ bench: build
 # BENCH_UNIT_ARGS: e.g. --rounds 3, --modes natpair-c,kernel-nat, --tests tcp1,udp64
 bench-unit: build
 	$(VPY) -m scripts.bench_unit $(BENCH_UNIT_ARGS)
+
+# BENCH_FAILOVER_ARGS: e.g. --quick, --kills 5, --sizes 1k,100k, --systems natpair
+BENCH_PREFIX ?= npf-
+bench-failover: build bench-deps
+	$(VPY) -m scripts.bench_failover --prefix '$(BENCH_PREFIX)' $(BENCH_FAILOVER_ARGS)
 
 lab: build
 	$(VPY) -m scripts.lab.run --prefix '$(LAB_PREFIX)'

@@ -1,6 +1,7 @@
 """Builds a described Topology (topology.py) with pyroute2, and removes it again.
 
     up(topo)          namespaces, bridges, veth pairs, addresses, routes, sysctls
+    up_node(topo, n)  power_on after the old switch ports are gone (the bench-failover rejoin)
     down(prefix)      removes exactly the lab's namespaces under that prefix, idempotently,
                       also after a crash; returns the names it removed
     power_cut(names)  what down does to namespaces, usable on one unit (a failover kill):
@@ -169,6 +170,31 @@ def _make_route(topo: Topology, r) -> None:
         ipr.route("add", dst="0.0.0.0/0" if r.dst == "default" else r.dst, gateway=r.gateway)
 
 
+def _wait_ports_gone(topo: Topology, node: str, wait_s: float) -> None:
+    """A deleted namespace's veth ends go with it, later: its cleanup runs in the kernel's
+    background (seconds with a big conntrack table). Wait until the switch ports are gone."""
+    deadline = time.monotonic() + wait_s
+    for link in topo.links:
+        if link.node != node:
+            continue
+        with IPRoute(netns=topo.ns(link.switch), flags=0) as ipr:
+            while ipr.link_lookup(ifname=link.port):
+                if time.monotonic() > deadline:
+                    raise LabError(f"{topo.ns(link.switch)}: port {link.port} still there "
+                                   f"{wait_s:g} s after {topo.ns(node)} was deleted")
+                time.sleep(0.05)
+
+
+def up_node(topo: Topology, node: str, log=print, wait_s: float = 60.0) -> None:
+    """power_on, after waiting (up to `wait_s`) for the old namespace's switch ports to go
+    (the bench's big tables make the kernel's cleanup slow)."""
+    name = topo.ns(node)
+    if name in existing_namespaces():
+        raise LabError(f"namespace {name} is still there")
+    _wait_ports_gone(topo, node, wait_s)
+    power_on(topo, node, log=log)
+
+
 def _addr_add(ipr: IPRoute, index: int, cidr: str) -> None:
     address, prefixlen = cidr.split("/")
     ipr.addr("add", index=index, address=address, prefixlen=int(prefixlen))
@@ -211,16 +237,47 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def power_cut(names: list[str], log=print, wait_s: float = 5.0) -> None:
-    """Stop, kill, unplug and delete the namespaces `names` (those that exist)."""
+def _links_down(name: str, ipr: IPRoute | None, log) -> None:
+    try:
+        if ipr is None:
+            with IPRoute(netns=name, flags=0) as own:
+                _links_down(name, own, log)
+            return
+        for link in ipr.get_links():
+            ipr.link("set", index=link["index"], state="down")
+    except OSError as e:
+        log(f"lab: {name}: could not set its links down: {e}")
+
+
+def power_cut(names: list[str], log=print, wait_s: float = 5.0,
+              links_first: bool = False) -> None:
+    """Stop, kill, unplug and delete the namespaces `names` (those that exist).
+    `links_first`: unplug right after the SIGSTOP, before the SIGKILL: the kernel's own
+    forwarding (a kernel NAT, not natpair, whose data path is its stopped process) stops
+    then too, and not only after every process is reaped, as with a real power cut."""
     names = [n for n in names if (NETNS_DIR / n).exists()]
+    iprs = {}
+    if links_first:                       # opened beforehand: it forks a helper in the namespace
+        for n in names:
+            try:
+                iprs[n] = IPRoute(netns=n, flags=0)
+            except OSError as e:
+                log(f"lab: {n}: no netlink socket: {e}")
     stopped: set[int] = set()
-    for _ in range(10):                   # stop until no new process appears (forks in flight)
-        new = {p for n in names for p in pids_in(n)} - stopped
-        if not new:
-            break
-        _signal_all(sorted(new), signal.SIGSTOP)
-        stopped |= new
+    try:
+        for _ in range(10):               # stop until no new process appears (forks in flight)
+            new = {p for n in names for p in pids_in(n)} - stopped
+            if not new:
+                break
+            _signal_all(sorted(new), signal.SIGSTOP)
+            stopped |= new
+            while iprs:
+                n, ipr = iprs.popitem()
+                _links_down(n, ipr, log)
+                ipr.close()
+    finally:
+        for ipr in iprs.values():
+            ipr.close()                   # it would keep the namespace alive
     _signal_all(sorted(stopped), signal.SIGKILL)
     deadline = time.monotonic() + wait_s
     while True:
@@ -234,13 +291,9 @@ def power_cut(names: list[str], log=print, wait_s: float = 5.0) -> None:
         time.sleep(0.02)
     if stopped:
         log(f"lab: killed {len(stopped)} processes: {' '.join(map(str, sorted(stopped)))}")
-    for name in names:
-        try:
-            with IPRoute(netns=name, flags=0) as ipr:
-                for link in ipr.get_links():
-                    ipr.link("set", index=link["index"], state="down")
-        except OSError as e:
-            log(f"lab: {name}: could not set its links down: {e}")
+    if not links_first:
+        for name in names:
+            _links_down(name, None, log)
     for name in names:
         try:
             netns.remove(name)

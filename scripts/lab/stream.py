@@ -14,6 +14,9 @@ Two small programs, run with ``python -m scripts.lab.stream`` inside the lab's n
           sends N records a second for S seconds (one TCP connection, or one UDP socket:
           the NAT port must stay the same), or until SIGINT, then prints one JSON line:
           sent, error.
+          TCP with --pps 0: bulk, as much as the connection takes, paced by the kernel to
+          --mbit (SO_MAX_PACING_RATE): a sender whose window is full when the path goes,
+          so that it waits for its retransmission timer (the case of iperf3).
 
 ``lost`` = sent - received; the gap is measured where it matters, at the receiver.
 """
@@ -31,8 +34,27 @@ REC = struct.Struct("!QQ")
 TOP_GAPS = 8
 
 
+class _Gaps:
+    """Arrivals counted as they come: how many, and the longest silence between two."""
+    def __init__(self) -> None:
+        self.count, self.last, self.max_gap = 0, None, None
+        self.events: list[tuple[float, int]] = []     # (time, records) per receive: the timeline
+
+    def arrive(self, now: float, n: int = 1) -> None:
+        if n <= 0:
+            return
+        if self.last is not None:
+            gap = now - self.last
+            self.max_gap = gap if self.max_gap is None or gap > self.max_gap else self.max_gap
+        if n > 1 and self.max_gap is None:
+            self.max_gap = 0.0            # several at once: a gap of zero between them
+        self.count += n
+        self.last = now
+        self.events.append((now, n))
+
+
 def sink(proto: str, bind: str, port: int, seconds: float) -> dict:
-    arrivals: list[float] = []
+    arrivals = _Gaps()
     ports: list[int] = []
     reset = False
     end = time.monotonic() + seconds
@@ -47,7 +69,7 @@ def sink(proto: str, bind: str, port: int, seconds: float) -> dict:
                 data, peer = s.recvfrom(2048)
             except socket.timeout:
                 break
-            arrivals.append(time.monotonic())
+            arrivals.arrive(time.monotonic())
             if not ports or ports[-1] != peer[1]:
                 ports.append(peer[1])
     else:
@@ -78,33 +100,61 @@ def sink(proto: str, bind: str, port: int, seconds: float) -> dict:
                 now = time.monotonic()
                 buf += chunk
                 n = len(buf) // REC.size
-                arrivals.extend([now] * n)
+                arrivals.arrive(now, n)
                 buf = buf[n * REC.size:]
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gap = arrivals.max_gap
+    times = [t for t, _ in arrivals.events]
+    gaps = [y - x for x, y in zip(times, times[1:])]
     largest = sorted(sorted(range(len(gaps)), key=gaps.__getitem__)[-3:])
-    return {"received": len(arrivals), "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+    return {"received": arrivals.count, "max_gap_ms": None if gap is None else round(gap * 1000, 1),
             "gaps_ms": [round(gaps[i] * 1000, 1) for i in largest],
             "ports": ports[:1] + ports[-1:], "distinct_ports": len(set(ports)), "reset": reset,
-            "timeline": timeline(arrivals)}
+            "timeline": timeline(arrivals.events)}
 
 
-def timeline(arrivals: list[float], bin_s: float = 0.010) -> dict:
-    """Arrivals (monotonic s) as counts per bin from the first one, its wall-clock time, and
-    the TOP_GAPS largest gaps between two arrivals, largest first (wall clock, both ends):
-    on a loaded machine the largest is not always the one the kill made."""
-    if not arrivals:
+def timeline(events: list[tuple[float, int]], bin_s: float = 0.010) -> dict:
+    """Arrivals ((monotonic s, records) per receive) as counts per bin from the first one,
+    its wall-clock time, and the TOP_GAPS largest gaps between two receives, largest first
+    (wall clock, both ends): on a loaded machine the largest is not always the kill's."""
+    if not events:
         return {"first_unix": None, "bin_ms": bin_s * 1000, "counts": [], "gaps_unix": []}
-    first = arrivals[0]
-    counts = [0] * (int((arrivals[-1] - first) / bin_s) + 1)
-    for a in arrivals:
-        counts[int((a - first) / bin_s)] += 1
+    first = events[0][0]
+    counts = [0] * (int((events[-1][0] - first) / bin_s) + 1)
+    for t, n in events:
+        counts[int((t - first) / bin_s)] += n
     to_wall = time.time() - time.monotonic()
-    gaps = sorted(zip(arrivals, arrivals[1:]), key=lambda ab: ab[0] - ab[1])[:TOP_GAPS]
+    times = [t for t, _ in events]
+    gaps = sorted(zip(times, times[1:]), key=lambda ab: ab[0] - ab[1])[:TOP_GAPS]
     return {"first_unix": first + to_wall, "bin_ms": bin_s * 1000, "counts": counts,
-            "gaps_unix": [[a + to_wall, b + to_wall] for a, b in gaps]}
+            "gaps_unix": [[x + to_wall, y + to_wall] for x, y in gaps]}
 
 
-def send(proto: str, to: str, port: int, pps: int, seconds: float) -> dict:
+def send_bulk(to: str, port: int, mbit: float, seconds: float) -> dict:
+    """TCP records as fast as the connection (paced to `mbit`) takes them."""
+    sent, error = 0, None
+    s = socket.create_connection((to, port), timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, int(mbit * 1e6 / 8))
+    s.settimeout(None)
+    per_write = 1024
+    chunk = bytes(REC.size * per_write)   # the sink counts records; their content is not read
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            s.sendall(chunk)
+            sent += per_write
+    except OSError as e:
+        error = f"{type(e).__name__}: {e}"
+    finally:
+        s.close()
+    return {"sent": sent, "error": error}
+
+
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
+
+
+def send(proto: str, to: str, port: int, pps: int, seconds: float, mbit: float = 100) -> dict:
+    if proto == "tcp" and pps == 0:
+        return send_bulk(to, port, mbit, seconds)
     sent, error = 0, None
     if proto == "udp":
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -144,12 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--to")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--pps", type=int, default=1000)
+    ap.add_argument("--mbit", type=float, default=100.0, help="TCP --pps 0: the pacing rate")
     ap.add_argument("--seconds", type=float, required=True)
     a = ap.parse_args(argv)
+    if a.pps < 0 or (a.pps == 0 and a.proto != "tcp"):
+        ap.error("--pps: at least 1 (0, bulk, for TCP only)")
     if a.mode == "sink":
         out = sink(a.proto, a.bind, a.port, a.seconds)
     else:
-        out = send(a.proto, a.to, a.port, a.pps, a.seconds)
+        out = send(a.proto, a.to, a.port, a.pps, a.seconds, a.mbit)
     print(json.dumps(out), flush=True)
     return 0
 
