@@ -49,6 +49,7 @@ from dataplane.config import Config, ConfigError
 
 SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
 JOURNAL_DRAIN = 1024       # journal changes per drain call
+STATUS_READ_TRIES = 5      # a read-only control command read again after a RuntimeError
 EXPORT_RUN = 4096          # states exported per hold of the core lock (control "export")
 REPLICATION_TICK_MS = 1    # the replication loop runs at least this often
 REPLICATION_RT_PRIORITY = 10   # SCHED_FIFO for the replication thread (when allowed)
@@ -410,6 +411,20 @@ class Daemon:
         return feed.counters()
 
     def handle(self, req: dict) -> dict:
+        # the replication objects are read without the replication thread's cooperation:
+        # a dict it changes while we copy it raises RuntimeError; reading again is enough
+        cmd = req.get("cmd") if isinstance(req, dict) else None
+        tries = STATUS_READ_TRIES if cmd in ("status", "counters") or str(cmd).startswith("show") else 1
+        for attempt in range(tries):
+            try:
+                return self._handle(req)
+            except RuntimeError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.001)
+        raise AssertionError("unreachable")
+
+    def _handle(self, req: dict) -> dict:
         cmd = req.get("cmd") if isinstance(req, dict) else None
         if cmd == "counters":
             with self.lock:

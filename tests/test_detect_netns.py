@@ -102,7 +102,12 @@ def restore(lab_: Lab, how: str) -> None:
 
 
 def roles(lab_: Lab) -> dict[str, str]:
-    return {u: ask(lab_, u)["role"] for u in (FW_A, FW_B)}
+    out = {}
+    for u in (FW_A, FW_B):
+        reply = ask(lab_, u)
+        assert "role" in reply, (u, reply)
+        out[u] = reply["role"]
+    return out
 
 
 @pytest.mark.parametrize("how", ["down", "delete"])
