@@ -57,3 +57,11 @@ def test_empty_outputs_still_draw(tmp_path):
     tl = plot.timeline(kill=KILL, active=None, tcp_started=KILL, iperf_json="not json",
                        udp_sink="", ping_text=None)
     assert plot.draw(tl, tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_a_second_kill_is_marked_not_called_a_stall(tmp_path):
+    tl = synthetic()
+    tl.second_kill = KILL + 1.5                 # the "stall" above is the kill back
+    assert plot.gap_at_kill(tl.udp_gaps, tl.second_kill) == (KILL + 1.5, KILL + 1.55)
+    data = plot.draw(tl, tmp_path / "two-kills.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

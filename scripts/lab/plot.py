@@ -36,6 +36,7 @@ PING_RE = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+) .*time=([\d.]+) ms", re.M
 class Timeline:
     kill: float                                   # the power cut began (unix s)
     active: float | None = None                   # the survivor answered ACTIVE
+    second_kill: float | None = None              # the kill back (make lab's second power cut)
     tcp: list[tuple[float, float, float]] = field(default_factory=list)  # (start, end, Gbit/s)
     udp: list[tuple[float, int]] = field(default_factory=list)           # (bin start, packets)
     udp_bin_s: float = 0.010
@@ -134,7 +135,7 @@ def timeline(*, kill: float, active: float | None, tcp_started: float, iperf_jso
 
 def lab_picture(path: str | Path, *, kill: float, active: float | None, tcp_started: float,
                 procs: dict, sinks: dict, results: list,
-                title: str | None = None) -> Path:
+                title: str | None = None, second_kill: float | None = None) -> Path:
     """run.py's hook: its flows' processes (made with keep_output, already read) and its
     FlowResults (flow, survived, gap_ms, lost, port, note) -> the PNG at ``path``."""
     rows = [("flow", "survived", "gap ms", "lost", "NAT port before -> after", "note")] + [
@@ -144,6 +145,7 @@ def lab_picture(path: str | Path, *, kill: float, active: float | None, tcp_star
                   ping_text=procs["ping"].kept[0], flows=rows)
     if title:
         tl.title = title
+    tl.second_kill = second_kill
     return draw(tl, path)
 
 
@@ -203,6 +205,7 @@ def draw(tl: Timeline, path: str | Path) -> Path:
     for col, zoom in ((0, False), (1, True)):
         for row, (name, unit, spans) in enumerate(rows):
             gap, worst = gap_at_kill(spans, tl.kill), longest(spans)
+            gap2 = None if tl.second_kill is None else gap_at_kill(spans, tl.second_kill)
             ax = fig.add_subplot(grid[row, col])
             if row == 0 and tl.tcp:
                 ax.step([rel(a) for a, _, _ in tl.tcp], [g for _, _, g in tl.tcp], where="post",
@@ -220,7 +223,14 @@ def draw(tl: Timeline, path: str | Path) -> Path:
             ax.axvline(0, color="red", lw=1.4)
             if tl.active is not None:
                 ax.axvline(rel(tl.active), color="green", lw=1, ls="--")
-            if worst is not None and worst != gap and not zoom:
+            if tl.second_kill is not None and not zoom:
+                ax.axvline(rel(tl.second_kill), color="red", lw=1.4)
+                if gap2 is not None:
+                    ms = (gap2[1] - gap2[0]) * 1000
+                    ax.axvspan(rel(gap2[0]), rel(gap2[1]), color="red", alpha=0.18)
+                    ax.text(rel(gap2[1]), 0.62, f" gap at the 2nd kill {ms:.0f} ms",
+                            transform=ax.get_xaxis_transform(), fontsize=8, color="darkred")
+            if worst is not None and worst != gap and worst != gap2 and not zoom:
                 ms = (worst[1] - worst[0]) * 1000
                 ax.axvspan(rel(worst[0]), rel(worst[1]), color="grey", alpha=0.3)
                 ax.text(0.99, 0.96, f"grey: longest gap {ms:.0f} ms at {rel(worst[0]):+.2f} s, "

@@ -466,7 +466,7 @@ def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds
     time.sleep(kill_after)
     first_cut, killed = time.monotonic(), time.time()
     dead, _, took_ms = kill_active(topo, log=log)
-    rejoined, kills = None, 1
+    rejoined, kills, second_cut = None, 1, None
     if back_after is not None:
         try:
             rejoined = rejoin(topo, dead, feed, log=log, **(timers or {}))
@@ -481,6 +481,7 @@ def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds
                 log(f"lab: before the second kill {dead} is {now.get(dead)}, not STANDBY_READY "
                     f"(roles {now}; see the logs): the active one is killed all the same")
                 rejoined["before_second_kill"] = now
+            second_cut = time.time()
             rejoined["second_kill"] = kill_active(topo, log=log)[0]
             kills = 2
     results = [_iperf_result(procs["tcp"]), _curl_result(procs["curl"], dest, sha),
@@ -490,7 +491,7 @@ def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds
     if picture is not None:
         active = None if took_ms != took_ms else killed + took_ms / 1000      # NaN: nobody left
         plot.lab_picture(picture, kill=killed, active=active, tcp_started=started, procs=procs,
-                         sinks=sinks, results=results)
+                         sinks=sinks, results=results, second_kill=second_cut)
     return results, rejoined
 
 
