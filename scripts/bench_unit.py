@@ -25,6 +25,14 @@ table shows the median of the rounds (min..max when they differ by more than 10 
 ratio to kernel-nat. Checksum errors (TCP/UDP InCsumErrors of in-host and out-srv) are read
 before and after each mode: a translated packet the kernel finds broken shows there. The machine
 is shared: other load moves every figure, which is why the modes are interleaved.
+
+CPU: for every test the CPU time (user + system) of the processes that carry the flow is read
+around it: the client (iperf3 / connrate, a child: its rusage), the servers on out-srv and, in the
+natpair modes, the daemon (all its threads) (/proc/PID/stat). The second table divides each
+figure by that CPU time (per CPU-second) and gives the ratio to kernel-nat: on a loaded 2-core
+machine, where every mode gets about the same CPU share, throughput follows this efficiency,
+and it moves much less with other load than the raw figures. Kernel work done in softirq while
+another process happens to run is not counted (the same for every mode).
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -62,6 +71,22 @@ FW_A_ROUTER = "198.19.1.2"         # fw-a out0 (topology.py), out-srv's way back
 
 class BenchError(RuntimeError):
     pass
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of process `pid` (all its threads), in seconds; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def flow_cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by our reaped children (the clients) and by `pids`."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime + sum(_cpu_s(p) for p in pids)
 
 
 def log(msg: str) -> None:
@@ -165,7 +190,7 @@ def mode_kernel_nat(topo: Topology):
 @contextmanager
 def mode_natpair(topo: Topology, feed: str, batch: int | None, drain_us: int | None):
     unit = start_unit(topo, FW_A, feed=feed, log=lambda m: None, batch=batch, drain_us=drain_us)
-    info: dict = {}
+    info: dict = {"pid": unit.proc.pid}
     try:
         yield info
     finally:
@@ -200,7 +225,9 @@ def run_mode(topo: Topology, name: str, args) -> dict:
     res: dict = {}
     before = csum_errors(topo)
     with mode(topo, name, args) as info:
+        pids = list(args.server_pids) + ([info["pid"]] if "pid" in info else [])
         for test in args.tests:
+            cpu0, t0 = flow_cpu_s(pids), time.monotonic()
             try:
                 if test == "tcp1":
                     res[test] = tcp(topo, args.seconds, 1)
@@ -213,8 +240,11 @@ def run_mode(topo: Topology, name: str, args) -> dict:
             except BenchError as e:
                 res[test] = None
                 res.setdefault("errors", []).append(f"{test}: {e}")
+            # CPU-seconds per second of the test: how many of the 2 cores the flow got
+            res[f"{test}_cpu"] = (flow_cpu_s(pids) - cpu0) / (time.monotonic() - t0)
             time.sleep(0.3)                   # let queues drain between tests
     res["csum_errors"] = csum_errors(topo) - before
+    info.pop("pid", None)
     res.update(info)
     return res
 
@@ -265,6 +295,31 @@ def table(runs: dict[str, list[dict]], tests: list[str]) -> str:
     return "\n".join(lines)
 
 
+def efficiency_table(runs: dict[str, list[dict]], tests: list[str]) -> str:
+    """Each figure per CPU-second of the flow's processes (median over rounds), ratio to BASE,
+    and the CPUs the flow got (median)."""
+    def per_cpu(r: dict, t: str) -> float | None:
+        v, c = r.get(t), r.get(f"{t}_cpu")
+        return v / c if v and c else None
+    eff = {m: {t: median([per_cpu(r, t) for r in runs[m]]) for t in tests} for m in runs}
+    cpus = {m: {t: median([r.get(f"{t}_cpu") for r in runs[m]]) for t in tests} for m in runs}
+    w = 31
+    lines = ["per CPU-s    " + "".join(f"{t + ' ' + UNITS[t] + '/CPU-s, CPUs':>{w}}" for t in tests)]
+    for m in runs:
+        cells = []
+        for t in tests:
+            v, b, c = eff[m][t], eff.get(BASE, {}).get(t), cpus[m][t]
+            if v is None:
+                cells.append("-")
+                continue
+            ratio = f" {v / b:.2f}x" if b else ""
+            cells.append(f"{_fmt(t, v)}{ratio} {c:.2f}")
+        lines.append(f"{m:<13}" + "".join(f"{c:>{w}}" for c in cells))
+    lines.append("(per CPU-second of client + servers + natpair daemon; median of rounds; "
+                 f"ratio = to {BASE}; last: CPUs the flow got, median)")
+    return "\n".join(lines)
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 _MAIN_PID = os.getpid()
@@ -307,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     build_connrate()
     t0 = time.monotonic()
+    log(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if build.down(args.prefix, log=log):
         log(f"took down a previous lab under {args.prefix!r}")
     topo = lab(args.prefix)
     runs: dict[str, list[dict]] = {m: [] for m in args.modes}
+    args.server_pids = []
     try:
         build.up(topo, log=log)
         nsexec.sysctl(topo.ns(HOST), "net.ipv4.ip_local_port_range", "1024 65535")
@@ -318,17 +375,19 @@ def main(argv: list[str] | None = None) -> int:
         rdir.mkdir(parents=True, exist_ok=True)
         for argv_ in (["iperf3", "-s", "-B", SERVER_ADDR, "-p", str(IPERF_PORT)],
                       [str(CONNRATE), "server", SERVER_ADDR, str(CPS_PORT), "2"]):
-            nsexec.popen(topo.ns(SERVER), argv_, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+            args.server_pids.append(nsexec.popen(
+                topo.ns(SERVER), argv_, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True).pid)
         time.sleep(0.5)                   # both listen within a few ms; down() kills them
         for rnd in range(args.rounds):
             for m in args.modes:
                 t1 = time.monotonic()
                 res = run_mode(topo, m, args)
                 runs[m].append(res)
-                figs = " ".join(f"{t}={_fmt(t, res.get(t))}" for t in args.tests)
-                extra = {k: v for k, v in res.items() if k not in args.tests and v}
+                figs = " ".join(f"{t}={_fmt(t, res.get(t))}/{res.get(t + '_cpu', 0):.2f}CPU"
+                                for t in args.tests)
+                extra = {k: v for k, v in res.items()
+                         if k not in args.tests and not k.endswith("_cpu") and v}
                 log(f"round {rnd + 1} {m:<11} {figs}  {extra or ''} "
                     f"({time.monotonic() - t1:.0f} s)")
     except KeyboardInterrupt:
@@ -341,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
     print()
     print(table(runs, args.tests))
+    print()
+    print(efficiency_table(runs, args.tests))
+    log(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 
