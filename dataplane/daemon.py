@@ -19,7 +19,8 @@ Owns the unit's life cycle and its threads. Names used:
   The pair's pieces that touch the kernel are made by ``dataplane.pairing`` (data-path
   hellos, carrier watch, virtual MACs).
 - threads: the feed thread (``feed.run_once`` in a loop), the replication thread (with
-  ``[failover]``: ``Pair.step`` every millisecond and on every datagram), the control thread
+  ``[failover]``: ``Pair.step`` on every datagram, on a wake from another thread, and when a
+  timer is due (``Pair.next_wake_ms``: 1 ms while busy, up to 5 ms idle)), the control thread
   (a unix socket, one JSON request per connection: ``{"cmd": "counters"}``,
   ``{"cmd": "status"}``, ``{"cmd": "export"}`` (the table as wire records), and the
   operator's commands of ``dataplane.show``), and the main thread, which runs the 1 s sweep timer
@@ -51,7 +52,6 @@ SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
 JOURNAL_DRAIN = 1024       # journal changes per drain call
 STATUS_READ_TRIES = 5      # a read-only control command read again after a RuntimeError
 EXPORT_RUN = 4096          # states exported per hold of the core lock (control "export")
-REPLICATION_TICK_MS = 1    # the replication loop runs at least this often
 REPLICATION_RT_PRIORITY = 10   # SCHED_FIFO for the replication thread (when allowed)
 OVERFLOW_CHECK_MS = 100   # how often the journal's overflow counter is looked at
 GIL_SWITCH_S = 0.0005     # with [failover] (default 0.005)
@@ -360,7 +360,7 @@ class Daemon:
             log_event(logging.WARNING, "replication", realtime="refused", error=e)
         while not self.stopping.is_set():
             try:
-                select.select(fds, [], [], REPLICATION_TICK_MS / 1000)
+                select.select(fds, [], [], pair.next_wake_ms() / 1000)
                 for up in carrier.poll():
                     log_event(logging.WARNING, "failover_carrier", up=up,
                               interface=self.cfg.failover.interface)

@@ -4,7 +4,7 @@ Owns ``Pair``, which holds the failover link (udp.UdpLink with its FtfwTransport
 failure detector (detect.Detector), the role (role.Role) and both bulk sync ends
 (bulk.BulkSender over ``core.wire_cursor``, bulk.BulkRequester into ``core.import_wire``
 and ``core.import_*``), and ``step(now_ms)``, one turn of the replication loop (the
-daemon's replication thread calls it every millisecond or when a datagram arrives). Names
+daemon's replication thread calls it when a datagram arrives, when woken, or when a timer is due: ``next_wake_ms``). Names
 used:
 
 - ``core_lock``: the daemon's lock around the core (an RLock: a role action may run while
@@ -55,6 +55,7 @@ comparison: while we did not hear it, it may have been active and moved the host
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from typing import Callable
@@ -82,6 +83,7 @@ BULK_PENDING_MAX = 64           # items queued in the transport before the bulk 
 BULK_INFLIGHT = 32             # unacked messages before the bulk sender waits (~290 KB jumbo)
 BULK_CHUNKS_PER_STEP = 16       # datagrams of bulk records read per step
 OFFER_MAX = 1 << 20             # journal changes waiting for the loop (then: dropped, counted)
+IDLE_WAIT_MAX_MS = 5            # the longest wait of an idle loop (the detector's timers are nearer)
 REQUEST_AGAIN_MS = 1000         # a failed bulk sync is asked for again after this long
 NEGOTIATION_GRACE_MS = 250      # at start, listen this much beyond hold_ms before going active alone
 
@@ -143,6 +145,7 @@ class Pair:
         self.link = UdpLink(self._codec(), local, peer, self._deliver, on_acked=self._on_acked)
         self._set_transport()
         self.table_size = 0
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.tables = TableStats()     # per replicated table: sent, received, errors
         self.switchover = Switchover(self)   # natpair failover active|standby
         self.neighbours = neighbours   # replication.neighbours.Neighbours, or None
@@ -173,10 +176,47 @@ class Pair:
         return self.link.fileno()
 
     def filenos(self) -> list[int]:
-        """Every socket the loop waits on: the failover link's, then the data legs'."""
-        return [self.link.fileno()] + ([] if self.data is None else self.data.filenos())
+        """Every fd the loop waits on: the failover link's socket, the data legs', and the
+        wake pipe (another thread gave the loop work: offered changes, a switchover)."""
+        return ([self.link.fileno()] + ([] if self.data is None else self.data.filenos())
+                + [self._wake_r])
+
+    def wake(self) -> None:
+        """From any thread: the loop's wait ends now (a byte in the wake pipe)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass                                # full: a wake is pending anyway
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def next_wake_ms(self, now: int | None = None) -> int:
+        """How long the loop may wait for a datagram before ``step`` has work of its own:
+        0 with work queued or a bulk sync running, else until the transport's or the
+        detector's next timer, at most ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin
+        every millisecond; offers and switchovers wake it through the wake pipe)."""
+        now = self.clock() if now is None else now
+        if self._offered or self._inbox or self.sender.state is bulk.SenderState.SENDING:
+            return 0
+        d = [now + IDLE_WAIT_MAX_MS, self.detector.next_deadline()]
+        t = self.transport.next_deadline(now)
+        if t is not None:
+            d.append(t)
+        if self.requester.state in bulk.BUSY or self.switchover.busy:
+            d.append(now + 1)
+        return max(0, min(d) - now)
 
     def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self.link.close()
         if self.data is not None:
             self.data.close()
@@ -194,8 +234,11 @@ class Pair:
             self.tables.refused_changes(changes)
             return
         t = self.lag_clock()
+        was_empty = not self._offered
         self._offered.extend((t, ch) for ch in changes)
         self.counters["offered"] += len(changes)
+        if was_empty and changes:
+            self.wake()                         # flushed within flush_ms, not at the next tick
 
     # ---- the loop ----
 
@@ -209,6 +252,7 @@ class Pair:
 
     def step(self, now: int | None = None) -> None:
         now = self.clock() if now is None else now
+        self._drain_wake()
         self.switchover.step(now)
         self._submit(now)
         restarted = self.transport.counters["rx_peer_restarted"]

@@ -71,6 +71,7 @@ class Switchover:
             raise ValueError(f"unknown switchover {kind!r}")
         req = Request(kind, reason)
         self._posted.append(req)
+        self.pair.wake()
         return req
 
     # ---- the hello ----
@@ -78,6 +79,11 @@ class Switchover:
     @property
     def wanting(self) -> bool:
         return self._want is not None
+
+    @property
+    def busy(self) -> bool:
+        """A request posted or under way: the loop must turn every millisecond."""
+        return self._want is not None or bool(self._posted) or self._busy
 
     def peer_wants_active(self, now: int) -> None:
         """The peer's hello carries F_WANTS_ACTIVE."""

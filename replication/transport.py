@@ -449,6 +449,21 @@ class FtfwTransport:
         self._emit(0, ((ACK, tuple(ranges)),), now_ms)
 
     # ---------------------------------------------------------------- timers
+    def next_deadline(self, now_ms: int) -> int | None:
+        """When ``poll`` has work next (None: nothing to do until a datagram or a submit).
+        Anything unacked or missing keeps the caller at ``now + 1``: cheap and never late."""
+        d = []
+        if self._pending:
+            d.append((self._pending_since if self._pending_since is not None else now_ms) + self.flush_ms)
+        if self._unacked:
+            d.append(now_ms + 1)
+        if self.peer_epoch is not None:
+            if self._ack_due_since is not None:
+                d.append(self._ack_due_since + self.ack_delay_ms)
+            if self._gap():
+                d.append(now_ms + 1)
+        return min(d) if d else None
+
     def poll(self, now_ms: int) -> None:
         if self._pending and (self._pending_since is None or now_ms - self._pending_since >= self.flush_ms):
             self._flush(now_ms, full_only=False)

@@ -246,3 +246,31 @@ def test_failover_link_cut_with_data_hellos_alive_is_a_split_and_the_stream_resu
     b.pair.link.connect(real[1])
     assert run([a, b], lambda: new in ids(b.core))
     assert ids(b.core) == ids(a.core)
+
+
+def test_an_idle_pair_waits_for_its_timers_and_an_offer_wakes_it(units):
+    """The replication loop's wait (Pair.next_wake_ms): an idle active waits until its next
+    hello (at most IDLE_WAIT_MAX_MS), not 1 ms; an offer from the feed thread makes it 0 and
+    writes to the wake pipe, so the loop's select returns at once."""
+    import select
+
+    from replication.pair import IDLE_WAIT_MAX_MS
+
+    a, b = units(poll_ms=5, hold_ms=500)
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
+    b.pair.start()
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY)
+    assert run([a, b], lambda: a.pair.transport.idle() and b.pair.transport.idle())
+    a.step()
+    wait = a.pair.next_wake_ms()
+    assert 0 <= wait <= IDLE_WAIT_MAX_MS
+    wake_fd = a.pair.filenos()[-1]
+    assert select.select([wake_fd], [], [], 0)[0] == []
+    a.flow(43000)                                   # the feed thread's offer
+    assert a.pair.next_wake_ms() == 0
+    assert select.select([wake_fd], [], [], 0)[0] == [wake_fd]
+    a.step()                                        # drains the pipe, submits the change
+    assert select.select([wake_fd], [], [], 0)[0] == []
+    assert a.pair.next_wake_ms() <= 1               # the change is unacked: every ms until acked
+    assert run([a, b], lambda: a.pair.transport.idle())
