@@ -15,7 +15,10 @@ used:
   a standby (any other time they are dropped: a joining standby bulk-syncs). States of
   destination port 80 are not replicated unless ``http_replication``.
 - the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
-  flags bit 0 = yielding, bit 1 = wants the active role (switchover.py), our poll/hold, table size and bulk progress. Hellos only go over
+  flags bit 0 = yielding, bit 1 = wants the active role (switchover.py, or preemption:
+  ``Role.wants_active``), bits 2-3 = the tenure of our active role (``role.Tenure``, 0 when
+  not active; a unit from before tenures sends 0 and ignores them), our poll/hold, table
+  size and bulk progress. Hellos only go over
   the failover link (hellos on the data interfaces are not implemented: the detector's
   data paths stay silent, so a cut failover link looks like a dead peer).
 - bulk on the wire: BulkRequest = UPDATE_REQUEST(0, 0, request); BulkStart = BULK_START;
@@ -68,6 +71,7 @@ from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, I
 HTTP_PORT = 80
 TCP = 6
 F_YIELDING = 0x01
+TENURE_SHIFT, TENURE_MASK = 2, 0x0C     # hello flags bits 2-3: role.Tenure
 BULK_PENDING_MAX = 64           # items queued in the transport before the bulk sender waits
 BULK_INFLIGHT = 32             # unacked messages before the bulk sender waits (~290 KB jumbo)
 BULK_CHUNKS_PER_STEP = 16       # datagrams of bulk records read per step
@@ -243,7 +247,8 @@ class Pair:
             p = self.requester.progress()
             done, total = p["received"], p["total"]
         flags = ((F_YIELDING if self.role.yielding else 0)
-                 | (F_WANTS_ACTIVE if self.switchover.wanting else 0))
+                 | (F_WANTS_ACTIVE if self.switchover.wanting or self.role.wants_active else 0)
+                 | (self.role.tenure << TENURE_SHIFT))
         return wire.Hello(self.role.state.value, self.role.priority, flags, self.detector.poll_ms,
                           self.detector.hold_ms, self.table_size & 0xFFFFFFFF,
                           done & 0xFFFFFFFF, total & 0xFFFFFFFF)
@@ -260,7 +265,9 @@ class Pair:
             self.tables.received(HELLO)
             new_peer = self.role.peer is None
             self.role.on_peer(state, rec.state, self.transport.codec.last_unit,
-                              bool(rec.flags & F_YIELDING))
+                              bool(rec.flags & F_YIELDING),
+                              (rec.flags & TENURE_MASK) >> TENURE_SHIFT,
+                              bool(rec.flags & F_WANTS_ACTIVE))
             if new_peer and self.role.is_active and state is not RoleState.ACTIVE:
                 self._reannounce("peer heard again")
             if rec.flags & F_WANTS_ACTIVE:
