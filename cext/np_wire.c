@@ -112,8 +112,8 @@ uint32_t np_core_export_wire(struct np_core *c, uint32_t *cursor, uint8_t *out, 
     return n;
 }
 
-uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
-                             struct np_import_result *res)
+uint32_t np_core_import_wire_each(struct np_core *c, const uint8_t *buf, size_t len,
+                                  struct np_import_result *res, int8_t *rc_out)
 {
     struct np_state_rec r;
     uint32_t n = (uint32_t)(len / NP_WIRE_STATE_SIZE), ok = 0;
@@ -126,6 +126,8 @@ uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
         } else {
             rc = np_core_import(c, &r);
         }
+        if (rc_out)
+            rc_out[i] = (int8_t)rc;
         switch (rc) {
         case NP_OK: ok++; break;
         case NP_EINVAL: res->invalid++; break;
@@ -140,6 +142,12 @@ uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
         res->invalid++;
     }
     return ok;
+}
+
+uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
+                             struct np_import_result *res)
+{
+    return np_core_import_wire_each(c, buf, len, res, NULL);
 }
 
 void np_wire_state_pack(const struct np_state_rec *r, uint8_t *out) { rec_to_wire(r, out); }

@@ -329,6 +329,24 @@ class BulkRequester:
         else:
             self._import(ch.record, "live")
 
+    def apply_live_wire(self, records: bytes) -> list:
+        """Live INSERT/UPDATE records in the wire's form, imported by the core in one C call,
+        with ``apply_live``'s meaning: each tracked during a bulk sync (a bulk record of it
+        that comes later is skipped), each refusal counted by its reason. Returns each
+        record's outcome (None: imported, else the CoreError subclass)."""
+        if self.state in BUSY:
+            for ident in identities(records):
+                self._track(ident, False)
+        res, outcome = self.core.import_wire_each(records)
+        self.counters["live_import"] += res.imported
+        if res.rejected:
+            for (creator, id_), err in zip(identities(records), outcome):
+                if err is not None:
+                    self.counters[f"live_import_{err.__name__.lower()}"] += 1
+                    LOG.warning("%s live import of %d/%d refused: %s", self.machine.name,
+                                creator, id_, err.__name__)
+        return outcome
+
     # ---- inside ----
 
     def _send_request(self) -> None:

@@ -35,8 +35,10 @@ used:
 - ``neighbours`` (optional, replication/neighbours.py): the active sends its data legs'
   neighbour changes as NEIGH records while the peer is a standby, and its whole neighbour
   table after each BULK_START; the standby hands received ones to ``neighbours.install``.
-- the standby imports: live INSERT/UPDATE/DELETE through ``BulkRequester.apply_live``
-  (always, so a bulk in progress can see them), bulk records through ``on_message``.
+- the standby imports: live INSERT/UPDATE runs as packed wire records (``LIVE_PACKED``:
+  one C call per run through ``BulkRequester.apply_live_wire``), DELETE through
+  ``BulkRequester.apply_live`` (both always, so a bulk in progress sees them), bulk records
+  through ``on_message``.
 - a silent peer resets the link (a new epoch, nothing unacked kept for a peer that will
   come back as a new one and bulk-sync); a standby that sees the active's stream start
   again (a new epoch) asks for a bulk sync, so nothing lost with the old epoch stays lost.
@@ -49,6 +51,7 @@ comparison: while we did not hear it, it may have been active and moved the host
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 from typing import Callable
@@ -69,6 +72,7 @@ from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, I
                               OVERHEAD, SECTION, STATE, UPDATE, UPDATE_REQUEST, Codec, Packed)
 
 HTTP_PORT = 80
+LIVE_PACKED = frozenset({INSERT, UPDATE})    # live state records stay packed: imported in C by runs
 TCP = 6
 F_YIELDING = 0x01
 TENURE_SHIFT, TENURE_MASK = 2, 0x0C     # hello flags bits 2-3: role.Tenure
@@ -142,7 +146,7 @@ class Pair:
 
     def _codec(self) -> _PeerCodec:
         return _PeerCodec(self.key, self.unit_id, max_size=self.max_datagram,
-                          counters=self.wire_counters)
+                          counters=self.wire_counters, packed=LIVE_PACKED)
 
     def _set_transport(self, codec: _PeerCodec | None = None) -> None:
         if codec is not None:
@@ -282,6 +286,9 @@ class Pair:
             rc = self.requester.counters
             for action, rec in inbox:
                 before = applied(rc, action)
+                if isinstance(rec, Packed) and action in LIVE_PACKED:
+                    self._import_live(rec)
+                    continue
                 self._import_one(action, rec)
                 if isinstance(rec, Packed):     # a bulk chunk: count its records, not its errors
                     self.tables.received(action, None, n=rec.count)
@@ -289,6 +296,14 @@ class Pair:
                 self.tables.received(action, rec, before is not None and applied(rc, action) == before
                                      and not self.role.is_active)
             self.table_size = self.core.state_count
+
+    def _import_live(self, rec: Packed) -> None:
+        """A run of live INSERT/UPDATE records, imported in one C call (bulk.apply_live_wire)."""
+        if self.role.is_active:
+            self.counters["rx_ignored_active"] += rec.count
+            self.tables.received_wire(rec.data, itertools.repeat(None))
+            return
+        self.tables.received_wire(rec.data, self.requester.apply_live_wire(rec.data))
 
     def _import_one(self, action: int, rec) -> None:
         if action == UPDATE_REQUEST:

@@ -10,6 +10,8 @@ import dataclasses
 import random
 import struct
 
+import pytest
+
 from dataplane.core import Core, StateRecord, ip_int
 from replication.bulk import (BulkChunk, BulkEnd, BulkRequest, BulkRequester, BulkSender,
                               BulkStart, RequesterState as RS, SenderEvent, SenderState as SS)
@@ -75,8 +77,9 @@ class Pair:
     """The two ends wired together in memory."""
 
     def __init__(self, a: Core, b: Core, clock: Clock, *, chunk_records=512, chunks_per_poll=4,
-                 late_chunks=True, role: Role | None = None, **kw):
+                 late_chunks=True, role: Role | None = None, packed_live=False, **kw):
         self.a, self.b, self.clock = a, b, clock
+        self.packed_live = packed_live
         self.sender = BulkSender(a, chunk_records=chunk_records, chunks_per_poll=chunks_per_poll,
                                  clock=clock)
         self.req = BulkRequester(b, clock=clock, notify=role.on_bulk if role else None, **kw)
@@ -87,8 +90,20 @@ class Pair:
 
     def live(self) -> int:
         changes = self.a.drain(65536)
-        for ch in changes:
-            self.req.apply_live(ch)
+        if not self.packed_live:
+            for ch in changes:
+                self.req.apply_live(ch)
+            return len(changes)
+        run: list[bytes] = []          # the standby's way: runs of INSERT/UPDATE in the wire's form
+        for ch in changes + [None]:
+            if ch is not None and ch.kind != "delete":
+                run.append(Core.pack_wire(ch.record))
+                continue
+            if run:
+                self.req.apply_live_wire(b"".join(run))
+                run = []
+            if ch is not None:
+                self.req.apply_live(ch)
         return len(changes)
 
     def round(self, ms: int = 1) -> None:
@@ -114,7 +129,8 @@ class Pair:
         self.held = []
 
 
-def test_bulk_sync_of_100k_states_with_a_live_stream_converges():
+@pytest.mark.parametrize("packed_live", [False, True], ids=["live-by-record", "live-packed-runs"])
+def test_bulk_sync_of_100k_states_with_a_live_stream_converges(packed_live):
     clock = Clock()
     a, b = make_core(1, 11), make_core(2, 22)
     a.set_clock(clock.t)
@@ -122,7 +138,7 @@ def test_bulk_sync_of_100k_states_with_a_live_stream_converges():
     n = 100_000
     seed(a, n)
     rng = random.Random(4)
-    p = Pair(a, b, clock, chunk_records=1000, chunks_per_poll=4)
+    p = Pair(a, b, clock, chunk_records=1000, chunks_per_poll=4, packed_live=packed_live)
     p.req.request()
     assert p.req.state is RS.REQUESTED
     next_new, tcp_flows, rounds, deleted_ahead = n, [], 0, 0
@@ -169,6 +185,33 @@ def test_bulk_sync_of_100k_states_with_a_live_stream_converges():
     assert a.state_count == b.state_count > n - 30 * rounds
     assert table(a) == table(b)
     assert a.mapping_count == b.mapping_count
+
+
+def test_live_packed_runs_count_each_refused_record_and_import_the_rest():
+    clock = Clock()
+    a, b = make_core(1, 11), make_core(2, 22)
+    for c in (a, b):
+        c.set_clock(clock.t)
+    a.set_journal(True)
+    for i in range(5):
+        assert a.process(flow(i), "inside").accepted
+    recs = [ch.record for ch in a.drain()]
+    good = [Core.pack_wire(r) for r in recs]
+    bad_pad = bytearray(good[1])
+    bad_pad[15] = 1                                      # the pad after flags
+    taken = dataclasses.replace(recs[0], id=999)         # another id, the same keys: a conflict
+    req = BulkRequester(b, clock=clock)
+    b.import_state(recs[0])
+    out = req.apply_live_wire(b"".join([Core.pack_wire(taken), bytes(bad_pad)] + good[2:]))
+    assert [e and e.__name__ for e in out] == ["Conflict", "InvalidArgument", None, None, None]
+    assert req.counters["live_import"] == 3
+    assert req.counters["live_import_conflict"] == 1
+    assert req.counters["live_import_invalidargument"] == 1
+    assert b.state_count == 4 and b.counters()["import_invalid"] == 1
+    # an update of an imported state, as a run of one: applied in place
+    newer = dataclasses.replace(recs[2], expire_in_ms=recs[2].expire_in_ms + 1000)
+    assert req.apply_live_wire(Core.pack_wire(newer)) == [None]
+    assert b.get(1, recs[2].id).expire_in_ms == newer.expire_in_ms
 
 
 def test_chunk_budget_progress_and_end():

@@ -126,6 +126,9 @@ def test_join_bulk_live_and_takeover(units):
     a.flow(41000)
     new = max(ids(a.core) - want)
     assert run([a, b], lambda: new in ids(b.core))
+    t = b.pair.tables.snapshot()          # the live run was imported packed, counted per record
+    assert t["udp conn"]["rcv"] >= 1 and t["xlate"]["rcv"] >= 1 and t["udp conn"]["rerr"] == 0, t
+    assert b.pair.requester.counters["live_import"] >= 1
     with a.lock:
         gone = min(want)
         a.core.delete(*gone)
@@ -262,3 +265,18 @@ def test_lag_of_live_changes_is_taken_at_the_standby_ack_from_their_offer(units)
     assert lag["count"] == 20 and lag["max_ms"] == 4.5 and lag["sum_ms"] == 20 * 4.5
     assert lag["p50_ms"] == lag["p99_ms"] == 5      # the bucket (3, 5] ms
     assert b.pair.lag.count == 0                    # only the active measures
+
+
+def test_live_records_in_the_wire_form_count_in_the_same_tables_as_decoded_ones():
+    from replication.tables import TableStats
+    from replication.wire import INSERT
+    core = Core(pool=[POOL_1], creator_id=1, port_range=(20000, 29999))
+    core.process(udp(INSIDE, SRV_1, 5000, 53), "inside")
+    core.process(tcp(INSIDE, SRV_1, 5001, 443, "S"), "inside")
+    recs = list(core.export())
+    one, packed = TableStats(), TableStats()
+    for i, r in enumerate(recs):
+        one.received(INSERT, r, error=i == 1)
+    packed.received_wire(b"".join(Core.pack_wire(r) for r in recs), [None, Exception])
+    assert one.snapshot() == packed.snapshot()
+    assert packed.snapshot()["xlate"] == {"xmit": 0, "xerr": 0, "rcv": 2, "rerr": 1}
