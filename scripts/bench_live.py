@@ -26,6 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from dataplane.core import Core  # noqa: E402
 from scripts.bench_bulk import INSIDE, KEY, free_ports, loop, make_core, udp  # noqa: E402
 from replication.fsm import monotonic_ms  # noqa: E402
 from replication.pair import Pair  # noqa: E402
@@ -79,7 +80,6 @@ def main() -> int:
     ap.add_argument("--burst", type=int, default=100, help="changes offered per millisecond")
     a = ap.parse_args()
     n = a.changes
-    from dataplane.core import Core  # noqa: F401  (the name burst_flows annotates)
     ports = free_ports(2)
     core = make_core(1, n)
     core.set_journal(True)
