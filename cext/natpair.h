@@ -237,6 +237,12 @@ uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
                              struct np_import_result *res);
 uint32_t np_core_import_wire_each(struct np_core *c, const uint8_t *buf, size_t len,
                                   struct np_import_result *res, int8_t *rc_out);
+/* len / 16 wire DELETE records (id u64, creator u32, pad u32 zero), each applied as
+ * np_core_import_delete(); rc_out[i] gets each one's code (NP_EINVAL for a pad not zero,
+ * NP_ENOENT for an unknown state); returns the states removed. */
+#define NP_WIRE_DELETE_SIZE 16
+uint32_t np_core_import_delete_wire(struct np_core *c, const uint8_t *buf, size_t len,
+                                    int8_t *rc_out);
 void np_wire_state_pack(const struct np_state_rec *r, uint8_t *out);
 int np_wire_state_unpack(const uint8_t *in, struct np_state_rec *r);
 

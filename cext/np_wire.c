@@ -150,6 +150,26 @@ uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
     return np_core_import_wire_each(c, buf, len, res, NULL);
 }
 
+uint32_t np_core_import_delete_wire(struct np_core *c, const uint8_t *buf, size_t len,
+                                    int8_t *rc_out)
+{
+    uint32_t n = (uint32_t)(len / NP_WIRE_DELETE_SIZE), ok = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *w = buf + (size_t)i * NP_WIRE_DELETE_SIZE;
+        int rc;
+        if (get32(w + 12)) {            /* the pad */
+            np_count(c, NP_CTR_IMPORT_INVALID);
+            rc = NP_EINVAL;
+        } else {
+            rc = np_core_import_delete(c, get32(w + 8), get64(w));
+        }
+        if (rc == NP_OK)
+            ok++;
+        rc_out[i] = (int8_t)rc;
+    }
+    return ok;
+}
+
 void np_wire_state_pack(const struct np_state_rec *r, uint8_t *out) { rec_to_wire(r, out); }
 
 int np_wire_state_unpack(const uint8_t *in, struct np_state_rec *r)

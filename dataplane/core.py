@@ -427,6 +427,15 @@ class Core:
                    for rc in ffi.unpack(rcs, n)]
         return ImportResult(res.imported, res.invalid, res.conflict, res.full, res.other), outcome
 
+    def import_delete_wire(self, data: bytes | bytearray | memoryview) -> list:
+        """Wire DELETE records (16 bytes: id, creator, pad), each applied as ``import_delete``;
+        each one's outcome: None when removed, else the CoreError subclass (NotFound for an
+        unknown state, InvalidArgument for a pad not zero)."""
+        n = len(data) // lib.NP_WIRE_DELETE_SIZE
+        rcs = ffi.new("int8_t[]", max(n, 1))
+        lib.np_core_import_delete_wire(self._c, ffi.from_buffer(data), len(data), rcs)
+        return [None if rc == lib.NP_OK else _ERRORS.get(rc, CoreError) for rc in ffi.unpack(rcs, n)]
+
     @staticmethod
     def pack_wire(rec: StateRecord) -> bytes:
         """One record in the wire's form, packed by the C core (tests cross-check wire.py)."""

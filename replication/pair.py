@@ -35,9 +35,9 @@ used:
 - ``neighbours`` (optional, replication/neighbours.py): the active sends its data legs'
   neighbour changes as NEIGH records while the peer is a standby, and its whole neighbour
   table after each BULK_START; the standby hands received ones to ``neighbours.install``.
-- the standby imports: live INSERT/UPDATE runs as packed wire records (``LIVE_PACKED``:
-  one C call per run through ``BulkRequester.apply_live_wire``), DELETE through
-  ``BulkRequester.apply_live`` (both always, so a bulk in progress sees them), bulk records
+- the standby imports: live INSERT/UPDATE and DELETE runs as packed wire records
+  (``LIVE_PACKED``: one C call per run through ``BulkRequester.apply_live_wire`` /
+  ``apply_live_deletes_wire``; always, so a bulk in progress sees them), bulk records
   through ``on_message``.
 - a silent peer resets the link (a new epoch, nothing unacked kept for a peer that will
   come back as a new one and bulk-sync); a standby that sees the active's stream start
@@ -72,7 +72,7 @@ from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, I
                               OVERHEAD, SECTION, STATE, UPDATE, UPDATE_REQUEST, Codec, Packed)
 
 HTTP_PORT = 80
-LIVE_PACKED = frozenset({INSERT, UPDATE})    # live state records stay packed: imported in C by runs
+LIVE_PACKED = frozenset({INSERT, UPDATE, DELETE})   # live records stay packed: applied in C by runs
 TCP = 6
 F_YIELDING = 0x01
 TENURE_SHIFT, TENURE_MASK = 2, 0x0C     # hello flags bits 2-3: role.Tenure
@@ -287,7 +287,7 @@ class Pair:
             for action, rec in inbox:
                 before = applied(rc, action)
                 if isinstance(rec, Packed) and action in LIVE_PACKED:
-                    self._import_live(rec)
+                    self._import_live(action, rec)
                     continue
                 self._import_one(action, rec)
                 if isinstance(rec, Packed):     # a bulk chunk: count its records, not its errors
@@ -297,13 +297,24 @@ class Pair:
                                      and not self.role.is_active)
             self.table_size = self.core.state_count
 
-    def _import_live(self, rec: Packed) -> None:
-        """A run of live INSERT/UPDATE records, imported in one C call (bulk.apply_live_wire)."""
+    def _import_live(self, action: int, rec: Packed) -> None:
+        """A run of live INSERT/UPDATE or DELETE records, applied in one C call (bulk.py
+        ``apply_live_wire``, ``apply_live_deletes_wire``)."""
         if self.role.is_active:
             self.counters["rx_ignored_active"] += rec.count
-            self.tables.received_wire(rec.data, itertools.repeat(None))
-            return
-        self.tables.received_wire(rec.data, self.requester.apply_live_wire(rec.data))
+            refused = itertools.repeat(None)
+        elif action == DELETE:
+            refused = self.requester.apply_live_deletes_wire(rec.data)
+        else:
+            refused = self.requester.apply_live_wire(rec.data)
+        if action == DELETE:
+            refused = list(itertools.islice(refused, rec.count))
+            self.tables.received(DELETE, None, n=rec.count)
+            bad = sum(1 for e in refused if e is not None)
+            if bad:
+                self.tables.counts["delete"]["rerr"] += bad
+        else:
+            self.tables.received_wire(rec.data, refused)
 
     def _import_one(self, action: int, rec) -> None:
         if action == UPDATE_REQUEST:

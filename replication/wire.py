@@ -53,9 +53,10 @@ epoch are valid). Actions and their records (sizes in bytes):
                   (``Packed``): the C core writes them (``Core.wire_cursor``) and checks and
                   imports them (``Core.import_wire``) by runs, so decode checks only the
                   section, not each record (a bad one is refused and counted at import)
-                  A Codec made with ``packed={INSERT, UPDATE}`` (the standby's, pair.py) keeps
-                  live INSERT and UPDATE sections packed too: the core imports a run of them in
-                  one C call (``Core.import_wire_each``), each record checked and counted there
+                  A Codec made with ``packed={INSERT, UPDATE, DELETE}`` (the standby's, pair.py)
+                  keeps live sections packed too: the core applies a run of them in one C call
+                  (``Core.import_wire_each``, ``Core.import_delete_wire``), each record checked
+                  and counted there
   DELETE          delete (16): id, creator
   BULK_START      bulk_start (8): request id, states in the table
   BULK_END        bulk_end (12): request id, states sent, status
@@ -185,7 +186,7 @@ class Packed(NamedTuple):
 
 
 PACKED_ACTIONS = frozenset({BULK_STATE})     # decoded as Packed, checked at import
-PACKABLE = frozenset({BULK_STATE, INSERT, UPDATE})   # a Codec may keep these packed too
+PACKABLE = frozenset({BULK_STATE, INSERT, UPDATE, DELETE})   # a Codec may keep these packed too
 
 
 def records_size(action: int, recs) -> int:

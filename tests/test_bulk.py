@@ -94,16 +94,20 @@ class Pair:
             for ch in changes:
                 self.req.apply_live(ch)
             return len(changes)
-        run: list[bytes] = []          # the standby's way: runs of INSERT/UPDATE in the wire's form
+        run: list[bytes] = []          # the standby's way: runs of one action in the wire's form
+        deletes = False
         for ch in changes + [None]:
-            if ch is not None and ch.kind != "delete":
-                run.append(Core.pack_wire(ch.record))
-                continue
-            if run:
-                self.req.apply_live_wire(b"".join(run))
+            if run and (ch is None or (ch.kind == "delete") != deletes):
+                if deletes:
+                    self.req.apply_live_deletes_wire(b"".join(run))
+                else:
+                    self.req.apply_live_wire(b"".join(run))
                 run = []
-            if ch is not None:
-                self.req.apply_live(ch)
+            if ch is None:
+                break
+            deletes = ch.kind == "delete"
+            run.append(struct.pack("!QII", ch.id, ch.creator, 0) if deletes
+                       else Core.pack_wire(ch.record))
         return len(changes)
 
     def round(self, ms: int = 1) -> None:
@@ -212,6 +216,33 @@ def test_live_packed_runs_count_each_refused_record_and_import_the_rest():
     newer = dataclasses.replace(recs[2], expire_in_ms=recs[2].expire_in_ms + 1000)
     assert req.apply_live_wire(Core.pack_wire(newer)) == [None]
     assert b.get(1, recs[2].id).expire_in_ms == newer.expire_in_ms
+
+
+def test_live_packed_deletes_count_unknown_and_malformed_records():
+    clock = Clock()
+    a, b = make_core(1, 11), make_core(2, 22)
+    for c in (a, b):
+        c.set_clock(clock.t)
+    a.set_journal(True)
+    for i in range(3):
+        assert a.process(flow(i), "inside").accepted
+    recs = [ch.record for ch in a.drain()]
+    for r in recs:
+        b.import_state(r)
+    req = BulkRequester(b, clock=clock)
+    recs_wire = [struct.pack("!QII", r.id, 1, 0) for r in recs]
+    out = req.apply_live_deletes_wire(b"".join([recs_wire[0], struct.pack("!QII", 777, 1, 0),
+                                                struct.pack("!QII", recs[1].id, 1, 5), recs_wire[2]]))
+    assert [e and e.__name__ for e in out] == [None, "NotFound", "InvalidArgument", None]
+    assert (req.counters["live_delete"], req.counters["delete_unknown"],
+            req.counters["live_delete_invalidargument"]) == (2, 1, 1)
+    assert {r.id for r in b.export()} == {recs[1].id}
+    # during a bulk sync each delete is a tombstone: an older bulk copy is skipped
+    req.request()
+    req.on_message(BulkStart(req.request_id, 1))
+    req.apply_live_deletes_wire(recs_wire[1])
+    req.on_message(BulkChunk(req.request_id, Core.pack_wire(recs[1])))
+    assert req.counters["skipped_tombstone"] == 1 and b.state_count == 0
 
 
 def test_chunk_budget_progress_and_end():

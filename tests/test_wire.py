@@ -445,4 +445,4 @@ def test_a_codec_may_keep_live_state_records_packed_for_the_core():
     assert [Core.unpack_wire(packed.data[i * 104:(i + 1) * 104]) for i in range(2)] == list(recs)
     assert dact == DELETE and dels == (Delete(1, 5),)
     with pytest.raises(ValueError):
-        Codec(KEY, 2, packed=frozenset({DELETE}))
+        Codec(KEY, 2, packed=frozenset({HELLO}))
