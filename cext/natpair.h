@@ -216,7 +216,10 @@ int np_core_delete(struct np_core *c, uint32_t creator, uint64_t id);
  * the table is exhausted. np_core_import_wire() imports len / 104 records, each checked
  * (pads, then np_core_import's checks) before it changes anything; a bad record is refused
  * and counted and the next one imported; returns the records imported, the outcome of
- * each in *res (a torn tail is one invalid record). */
+ * each in *res (a torn tail is one invalid record). np_core_import_wire_each() does the same
+ * and, when rc_out is not NULL, writes each whole record's return code (NP_OK or the error,
+ * all small negatives) to rc_out[i]: the standby's live INSERT/UPDATE runs, which count
+ * every record apart. */
 #define NP_WIRE_STATE_SIZE 104
 #define NP_CURSOR_END 0xFFFFFFFF
 
@@ -232,6 +235,14 @@ uint32_t np_core_export_wire(struct np_core *c, uint32_t *cursor, uint8_t *out, 
                              uint16_t skip_port, uint32_t *skipped);
 uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
                              struct np_import_result *res);
+uint32_t np_core_import_wire_each(struct np_core *c, const uint8_t *buf, size_t len,
+                                  struct np_import_result *res, int8_t *rc_out);
+/* len / 16 wire DELETE records (id u64, creator u32, pad u32 zero), each applied as
+ * np_core_import_delete(); rc_out[i] gets each one's code (NP_EINVAL for a pad not zero,
+ * NP_ENOENT for an unknown state); returns the states removed. */
+#define NP_WIRE_DELETE_SIZE 16
+uint32_t np_core_import_delete_wire(struct np_core *c, const uint8_t *buf, size_t len,
+                                    int8_t *rc_out);
 void np_wire_state_pack(const struct np_state_rec *r, uint8_t *out);
 int np_wire_state_unpack(const uint8_t *in, struct np_state_rec *r);
 

@@ -112,8 +112,8 @@ uint32_t np_core_export_wire(struct np_core *c, uint32_t *cursor, uint8_t *out, 
     return n;
 }
 
-uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
-                             struct np_import_result *res)
+uint32_t np_core_import_wire_each(struct np_core *c, const uint8_t *buf, size_t len,
+                                  struct np_import_result *res, int8_t *rc_out)
 {
     struct np_state_rec r;
     uint32_t n = (uint32_t)(len / NP_WIRE_STATE_SIZE), ok = 0;
@@ -126,6 +126,8 @@ uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
         } else {
             rc = np_core_import(c, &r);
         }
+        if (rc_out)
+            rc_out[i] = (int8_t)rc;
         switch (rc) {
         case NP_OK: ok++; break;
         case NP_EINVAL: res->invalid++; break;
@@ -138,6 +140,32 @@ uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
     if (len % NP_WIRE_STATE_SIZE) {     /* a torn tail record: refused, counted */
         np_count(c, NP_CTR_IMPORT_INVALID);
         res->invalid++;
+    }
+    return ok;
+}
+
+uint32_t np_core_import_wire(struct np_core *c, const uint8_t *buf, size_t len,
+                             struct np_import_result *res)
+{
+    return np_core_import_wire_each(c, buf, len, res, NULL);
+}
+
+uint32_t np_core_import_delete_wire(struct np_core *c, const uint8_t *buf, size_t len,
+                                    int8_t *rc_out)
+{
+    uint32_t n = (uint32_t)(len / NP_WIRE_DELETE_SIZE), ok = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *w = buf + (size_t)i * NP_WIRE_DELETE_SIZE;
+        int rc;
+        if (get32(w + 12)) {            /* the pad */
+            np_count(c, NP_CTR_IMPORT_INVALID);
+            rc = NP_EINVAL;
+        } else {
+            rc = np_core_import_delete(c, get32(w + 8), get64(w));
+        }
+        if (rc == NP_OK)
+            ok++;
+        rc_out[i] = (int8_t)rc;
     }
     return ok;
 }

@@ -415,6 +415,27 @@ class Core:
         lib.np_core_import_wire(self._c, ffi.from_buffer(data), len(data), res)
         return ImportResult(res.imported, res.invalid, res.conflict, res.full, res.other)
 
+    def import_wire_each(self, data: bytes | bytearray | memoryview) -> tuple[ImportResult, list]:
+        """``import_wire``, and each whole record's outcome: None when imported, else the
+        CoreError subclass that ``import_state`` would have raised for it (the standby's live
+        INSERT/UPDATE runs count and name each refusal)."""
+        res = ffi.new("struct np_import_result *")
+        n = len(data) // WIRE_STATE_SIZE
+        rcs = ffi.new("int8_t[]", max(n, 1))
+        lib.np_core_import_wire_each(self._c, ffi.from_buffer(data), len(data), res, rcs)
+        outcome = [None if rc == lib.NP_OK else _ERRORS.get(rc, CoreError)
+                   for rc in ffi.unpack(rcs, n)]
+        return ImportResult(res.imported, res.invalid, res.conflict, res.full, res.other), outcome
+
+    def import_delete_wire(self, data: bytes | bytearray | memoryview) -> list:
+        """Wire DELETE records (16 bytes: id, creator, pad), each applied as ``import_delete``;
+        each one's outcome: None when removed, else the CoreError subclass (NotFound for an
+        unknown state, InvalidArgument for a pad not zero)."""
+        n = len(data) // lib.NP_WIRE_DELETE_SIZE
+        rcs = ffi.new("int8_t[]", max(n, 1))
+        lib.np_core_import_delete_wire(self._c, ffi.from_buffer(data), len(data), rcs)
+        return [None if rc == lib.NP_OK else _ERRORS.get(rc, CoreError) for rc in ffi.unpack(rcs, n)]
+
     @staticmethod
     def pack_wire(rec: StateRecord) -> bytes:
         """One record in the wire's form, packed by the C core (tests cross-check wire.py)."""

@@ -67,6 +67,7 @@ from replication.role import RoleEvent
 
 Ident = tuple[int, int]          # (creator, id)
 _IDENT = struct.Struct("!QI92x")  # a wire state record's id and creator
+_DELETE_REC = struct.Struct("!QII")  # a wire DELETE record: id, creator, pad
 assert _IDENT.size == WIRE_STATE_SIZE
 
 
@@ -328,6 +329,42 @@ class BulkRequester:
                 self.counters["delete_unknown"] += 1
         else:
             self._import(ch.record, "live")
+
+    def apply_live_wire(self, records: bytes) -> list:
+        """Live INSERT/UPDATE records in the wire's form, imported by the core in one C call,
+        with ``apply_live``'s meaning: each tracked during a bulk sync (a bulk record of it
+        that comes later is skipped), each refusal counted by its reason. Returns each
+        record's outcome (None: imported, else the CoreError subclass)."""
+        if self.state in BUSY:
+            for ident in identities(records):
+                self._track(ident, False)
+        res, outcome = self.core.import_wire_each(records)
+        self.counters["live_import"] += res.imported
+        if res.rejected:
+            for (creator, id_), err in zip(identities(records), outcome):
+                if err is not None:
+                    self.counters[f"live_import_{err.__name__.lower()}"] += 1
+                    LOG.warning("%s live import of %d/%d refused: %s", self.machine.name,
+                                creator, id_, err.__name__)
+        return outcome
+
+    def apply_live_deletes_wire(self, records: bytes) -> list:
+        """Live DELETE records in the wire's form (16 bytes), applied by the core in one C
+        call, with ``apply_live``'s meaning: each a tombstone during a bulk sync, an unknown
+        state counted ``delete_unknown``. Returns each record's outcome (None: removed)."""
+        outcome = self.core.import_delete_wire(records)
+        busy = self.state in BUSY
+        for (id_, creator, _pad), err in zip(_DELETE_REC.iter_unpack(records), outcome):
+            if err is None:
+                self.counters["live_delete"] += 1
+            elif err is NotFound:
+                self.counters["delete_unknown"] += 1
+            else:
+                self.counters[f"live_delete_{err.__name__.lower()}"] += 1
+                continue            # a malformed record names no state
+            if busy and self.state in BUSY:
+                self._track((creator, id_), True)
+        return outcome
 
     # ---- inside ----
 

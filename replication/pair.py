@@ -15,7 +15,10 @@ used:
   a standby (any other time they are dropped: a joining standby bulk-syncs). States of
   destination port 80 are not replicated unless ``http_replication``.
 - the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
-  flags bit 0 = yielding, bit 1 = wants the active role (switchover.py), our poll/hold, table size and bulk progress. Hellos go over the
+  flags bit 0 = yielding, bit 1 = wants the active role (switchover.py, or preemption:
+  ``Role.wants_active``), bits 2-3 = the tenure of our active role (``role.Tenure``, 0 when
+  not active; a unit from before tenures sends 0 and ignores them), our poll/hold, table
+  size and bulk progress. Hellos go over the
   failover link (in the transport, unreliable) and, with ``data_hellos``
   (replication.datapath.DataHellos), on each data leg to the peer's own address there; a
   hello on any path feeds the detector (that path) and the role. Without data hellos the
@@ -41,8 +44,10 @@ used:
 - ``neighbours`` (optional, replication/neighbours.py): the active sends its data legs'
   neighbour changes as NEIGH records while the peer is a standby, and its whole neighbour
   table after each BULK_START; the standby hands received ones to ``neighbours.install``.
-- the standby imports: live INSERT/UPDATE/DELETE through ``BulkRequester.apply_live``
-  (always, so a bulk in progress can see them), bulk records through ``on_message``.
+- the standby imports: live INSERT/UPDATE and DELETE runs as packed wire records
+  (``LIVE_PACKED``: one C call per run through ``BulkRequester.apply_live_wire`` /
+  ``apply_live_deletes_wire``; always, so a bulk in progress sees them), bulk records
+  through ``on_message``.
 - a silent peer resets the link (a new epoch, nothing unacked kept for a peer that will
   come back as a new one and bulk-sync); a standby that sees the active's stream start
   again (a new epoch) asks for a bulk sync, so nothing lost with the old epoch stays lost.
@@ -55,6 +60,7 @@ comparison: while we did not hear it, it may have been active and moved the host
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import threading
 import time
@@ -77,8 +83,10 @@ from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, I
                               OVERHEAD, SECTION, STATE, UPDATE, UPDATE_REQUEST, Codec, Packed)
 
 HTTP_PORT = 80
+LIVE_PACKED = frozenset({INSERT, UPDATE, DELETE})   # live records stay packed: applied in C by runs
 TCP = 6
 F_YIELDING = 0x01
+TENURE_SHIFT, TENURE_MASK = 2, 0x0C     # hello flags bits 2-3: role.Tenure
 BULK_PENDING_MAX = 64           # items queued in the transport before the bulk sender waits
 BULK_INFLIGHT = 32             # unacked messages before the bulk sender waits (~290 KB jumbo)
 BULK_CHUNKS_PER_STEP = 16       # datagrams of bulk records read per step
@@ -154,7 +162,7 @@ class Pair:
 
     def _codec(self) -> _PeerCodec:
         return _PeerCodec(self.key, self.unit_id, max_size=self.max_datagram,
-                          counters=self.wire_counters)
+                          counters=self.wire_counters, packed=LIVE_PACKED)
 
     def _set_transport(self, codec: _PeerCodec | None = None) -> None:
         if codec is not None:
@@ -318,7 +326,8 @@ class Pair:
             p = self.requester.progress()
             done, total = p["received"], p["total"]
         flags = ((F_YIELDING if self.role.yielding else 0)
-                 | (F_WANTS_ACTIVE if self.switchover.wanting else 0))
+                 | (F_WANTS_ACTIVE if self.switchover.wanting or self.role.wants_active else 0)
+                 | (self.role.tenure << TENURE_SHIFT))
         return wire.Hello(self.role.state.value, self.role.priority, flags, self.detector.poll_ms,
                           self.detector.hold_ms, self.table_size & 0xFFFFFFFF,
                           done & 0xFFFFFFFF, total & 0xFFFFFFFF)
@@ -340,7 +349,9 @@ class Pair:
         self.detector.hello(path)
         self.tables.received(HELLO)
         new_peer = self.role.peer is None
-        self.role.on_peer(state, rec.state, unit, bool(rec.flags & F_YIELDING), reason=f"hello/{path}")
+        self.role.on_peer(state, rec.state, unit, bool(rec.flags & F_YIELDING),
+                          (rec.flags & TENURE_MASK) >> TENURE_SHIFT,
+                          bool(rec.flags & F_WANTS_ACTIVE), reason=f"hello/{path}")
         if new_peer and self.role.is_active and state is not RoleState.ACTIVE:
             self._reannounce("peer heard again")
         if rec.flags & F_WANTS_ACTIVE:
@@ -353,6 +364,9 @@ class Pair:
             rc = self.requester.counters
             for action, rec in inbox:
                 before = applied(rc, action)
+                if isinstance(rec, Packed) and action in LIVE_PACKED:
+                    self._import_live(action, rec)
+                    continue
                 self._import_one(action, rec)
                 if isinstance(rec, Packed):     # a bulk chunk: count its records, not its errors
                     self.tables.received(action, None, n=rec.count)
@@ -360,6 +374,25 @@ class Pair:
                 self.tables.received(action, rec, before is not None and applied(rc, action) == before
                                      and not self.role.is_active)
             self.table_size = self.core.state_count
+
+    def _import_live(self, action: int, rec: Packed) -> None:
+        """A run of live INSERT/UPDATE or DELETE records, applied in one C call (bulk.py
+        ``apply_live_wire``, ``apply_live_deletes_wire``)."""
+        if self.role.is_active:
+            self.counters["rx_ignored_active"] += rec.count
+            refused = itertools.repeat(None)
+        elif action == DELETE:
+            refused = self.requester.apply_live_deletes_wire(rec.data)
+        else:
+            refused = self.requester.apply_live_wire(rec.data)
+        if action == DELETE:
+            refused = list(itertools.islice(refused, rec.count))
+            self.tables.received(DELETE, None, n=rec.count)
+            bad = sum(1 for e in refused if e is not None)
+            if bad:
+                self.tables.counts["delete"]["rerr"] += bad
+        else:
+            self.tables.received_wire(rec.data, refused)
 
     def _import_one(self, action: int, rec) -> None:
         if action == UPDATE_REQUEST:

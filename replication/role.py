@@ -10,7 +10,8 @@ time from an injected clock. Names used:
   replication.detect: PEER_SILENT, PEER_LINK_DOWN, DATA_LINK_PEER_ALIVE),
   ``on_bulk(event)`` (from replication.bulk: BULK_START, BULK_DONE, BULK_FAILED),
   ``manual_active()``, ``manual_standby()``, ``fault()``, ``rejoin()``.
-- ``Peer``: what a hello says: role state, priority, unit id.
+- ``Peer``: what a hello says: role state, priority, unit id, yielding, the rank of its
+  active tenure (``Tenure``) and whether it asks for the active role (preemption).
 - ``counters``: one per outcome (takeovers, takeover_refused_not_ready,
   split_link_no_takeover, ...); ``machine.refused`` counts refused transitions.
 
@@ -22,16 +23,33 @@ The rules (issue 4, sections 4-6):
   not active). A cold or syncing unit whose active peer goes silent stays where
   it is (counted ``takeover_refused_not_ready``); an operator may still force it
   with ``manual_active()``.
-- Preemption (a ready unit of higher priority taking the active role back) is
-  off by default (``preempt=False``).
+- Preemption (failback to the unit of higher priority) is off by default
+  (``preempt=False``). When on, a STANDBY_READY unit of strictly higher priority whose
+  peer is active asks for the role (``wants_active``: F_WANTS_ACTIVE in its hellos); the
+  active hands it over in order (switchover.py: drain, acks, ``manual_standby``) and the
+  preferred unit then goes active on the yielding peer's hello (logged as PREEMPT). A
+  cold or syncing unit never asks, and never jumps to ACTIVE beside a live active.
 - Failover link cut while the peer still answers on a data interface
   (DATA_LINK_PEER_ALIVE): no takeover, logged and counted
   (``split_link_no_takeover``); never two actives. PEER_SILENT only comes when
   no path has heard the peer for the hold time (or the carrier dropped and the
   data interfaces confirmed the silence).
 - Negotiation: two units that start together pick one active deterministically:
-  higher ``priority`` wins, then the lower ``unit_id``. The same comparison ends a
-  dual-active episode (the loser goes STANDBY_COLD and re-syncs).
+  higher ``priority`` wins, then the lower ``unit_id``.
+- Dual active (both announce ACTIVE: a rejoining unit that did not hear the active in
+  time, a healed split, an operator's ``manual_active``): the unit that holds the live
+  table wins. Each active announces the rank of its tenure (``Tenure``), from what it
+  saw itself, no clock shared: COLD (it went active without a table: alone from
+  NEGOTIATION, or forced from a cold standby, less than ``live_after_ms`` ago), LIVE (it
+  took over from STANDBY_READY with the synced table, or has forwarded for
+  ``live_after_ms``), SENIOR (while active it heard the peer announce a non-active
+  state, more than ``senior_margin_ms`` after its tenure began: whatever tenure the
+  peer has now began after ours, so ours is the older table). The higher rank wins,
+  then priority, then the lower unit id; a yielding unit loses before all that. The
+  loser goes STANDBY_COLD, asks for a bulk sync, and is STANDBY_READY only when it
+  completed; the winner announces itself again (gratuitous ARP, pair.py). Two seniors
+  (hellos that crossed a tenure change in flight) compare as equals: the rule stays
+  symmetric, so both units reach the same verdict.
 - ``on_peer`` judges every hello against the current state; an unchanged hello that
   would be a self-loop is not logged again. ``manual_standby()`` (only with a ready
   peer) sets ``yielding`` in our hellos so that the peer wins the comparison.
@@ -72,7 +90,7 @@ class RoleEvent(enum.Enum):
     BULK_START = enum.auto()               # bulk: the active started sending us its table
     BULK_DONE = enum.auto()
     BULK_FAILED = enum.auto()
-    PREEMPT = enum.auto()                  # guard: preempt on, ready, we beat the active peer
+    PREEMPT = enum.auto()                  # guard: preempt on, ready, the active peer yielded to us
     MANUAL_ACTIVE = enum.auto()
     MANUAL_STANDBY = enum.auto()
     SELF_FAULT = enum.auto()               # our own interface/core failed
@@ -200,25 +218,46 @@ class Actions(Protocol):
     def core_standby(self) -> None: ...
 
 
+class Tenure(enum.IntEnum):
+    """How much the table of an active unit is worth in a dual-active comparison."""
+    NONE = 0        # not active
+    COLD = 1        # active without a synced table, for less than live_after_ms
+    LIVE = 2        # took over with the synced table, or forwarded for live_after_ms
+    SENIOR = 3      # heard the peer non-active while active: the peer's tenure is younger
+
+
+LIVE_AFTER_MS = 5000            # a unit active alone this long holds the flows' only table
+SENIOR_MARGIN_MS = 1000         # a hello older than this is no proof of what the peer is now
+# entering ACTIVE from these states brings the synced table along
+WARM_SOURCES = frozenset({St.STANDBY_READY})
+
+
 class Peer(NamedTuple):
     state: RoleState
     priority: int
     unit_id: int
     yielding: bool = False      # set by manual_standby until the peer is active: it loses comparisons
+    tenure: Tenure = Tenure.NONE
+    wants_active: bool = False  # a ready unit asks the active to hand over (switchover, preempt)
 
 
 class Role:
     """One unit's failover role (see the module docstring for the rules)."""
 
     def __init__(self, unit_id: int, *, priority: int = 100, preempt: bool = False,
-                 actions: Actions | None = None, clock: Clock = monotonic_ms, name: str = "role"):
+                 actions: Actions | None = None, clock: Clock = monotonic_ms, name: str = "role",
+                 live_after_ms: int = LIVE_AFTER_MS, senior_margin_ms: int = SENIOR_MARGIN_MS):
         self.unit_id, self.priority, self.preempt = unit_id, priority, preempt
+        self.live_after_ms, self.senior_margin_ms = live_after_ms, senior_margin_ms
+        self._warm = False              # this tenure began from STANDBY_READY
+        self._senior = False            # this tenure heard the peer non-active, late enough
         self.actions = actions
         self.machine: Machine[RoleState, RoleEvent] = Machine(name, TABLE, St.INIT, clock=clock)
         self.machine.subscribe(self._on_transition)
         self.peer: Peer | None = None
         self.yielding = False
         self.counters: collections.Counter[str] = collections.Counter()
+        self._why = ""                  # why the last comparison went as it did (for the log)
 
     # ---- what the rest of the unit reads ----
 
@@ -234,12 +273,31 @@ class Role:
     def is_active(self) -> bool:
         return self.state is St.ACTIVE
 
+    @property
+    def tenure(self) -> Tenure:
+        if self.state is not St.ACTIVE:
+            return Tenure.NONE
+        if self._senior:
+            return Tenure.SENIOR
+        if self._warm or self.machine.in_state_ms() >= self.live_after_ms:
+            return Tenure.LIVE
+        return Tenure.COLD
+
+    @property
+    def wants_active(self) -> bool:
+        """Preemption: ready, preferred (strictly higher priority), and the peer is active."""
+        p = self.peer
+        return (self.preempt and self.state is St.STANDBY_READY and p is not None
+                and p.state is St.ACTIVE and self.priority > p.priority)
+
     def hello(self) -> Peer:
         """What our hellos announce."""
-        return Peer(self.state, self.priority, self.unit_id, self.yielding)
+        return Peer(self.state, self.priority, self.unit_id, self.yielding, self.tenure,
+                    self.wants_active)
 
     def status(self) -> dict:
         return {"state": self.state.name, "since_ms": self.machine.since_ms,
+                "tenure": self.tenure.name,
                 "peer": None if self.peer is None else self.peer.state.name,
                 "preempt": self.preempt, "priority": self.priority,
                 "counters": dict(self.counters), "refused": self.machine.refused_total}
@@ -250,6 +308,7 @@ class Role:
         return self._apply(Ev.START, "start")
 
     def on_peer(self, state: RoleState, priority: int, unit_id: int, yielding: bool = False,
+                tenure: Tenure | int = Tenure.NONE, wants_active: bool = False,
                 reason: str = "hello") -> None:
         """The peer's hello (any path), every time one arrives.
 
@@ -257,16 +316,22 @@ class Role:
         announces changed, or when it moves us; an unchanged announcement that would be a
         self-loop is not logged again.
         """
-        peer = Peer(state, priority, unit_id, yielding)
+        peer = Peer(state, priority, unit_id, yielding, _tenure(tenure), wants_active)
         if state is St.ACTIVE:
             self.yielding = False
+        elif (self.state is St.ACTIVE and not self._senior
+              and self.machine.in_state_ms() > self.senior_margin_ms):
+            self._senior = True         # the peer is not active now, well after we became active
+            LOG.info("%s tenure SENIOR reason=\"peer %s %d ms into our tenure\"", self.machine.name,
+                     state.name, self.machine.in_state_ms())
         changed = peer != self.peer
         self.peer = peer
         ev = self._peer_event(peer, count=changed)
         if ev is None:
             return
         if changed or TABLE.get((self.state, ev), self.state) is not self.state:
-            self._apply(ev, f"{reason} peer={state.name}")
+            why = self._why
+            self._apply(ev, f"{reason} peer={state.name}" + (f" {why}" if why else ""))
 
     def on_detect(self, event: RoleEvent, reason: str = "") -> RoleState | None:
         if event not in DETECT_EVENTS:
@@ -308,18 +373,30 @@ class Role:
     # ---- guards: which event the peer's announcement is ----
 
     def _beats(self, peer: Peer) -> bool | None:
-        """The deterministic comparison: a yielding unit loses, then higher priority wins,
-        then the lower unit id. None on a tie."""
+        """The deterministic comparison: a yielding unit loses, then the higher tenure (only
+        actives have one: the live table wins a dual active), then the higher priority,
+        then the lower unit id. None on a tie. Sets ``_why`` for the log."""
+        mine = self.tenure
         if self.yielding != peer.yielding:
+            self._why = "by=yielding"
             return peer.yielding
+        if mine != peer.tenure and not (peer.state is St.ACTIVE and peer.tenure is Tenure.NONE):
+            # (an active peer announcing no tenure is a unit from before tenures: the
+            # priority decides, as it does there, so both ends agree)
+            self._why = f"by=tenure ours={mine.name} peer={peer.tenure.name}"
+            return mine > peer.tenure
         if peer.priority != self.priority:
+            self._why = f"by=priority ours={self.priority} peer={peer.priority}"
             return self.priority > peer.priority
         if peer.unit_id != self.unit_id:
+            self._why = f"by=unit_id ours={self.unit_id} peer={peer.unit_id}"
             return self.unit_id < peer.unit_id
+        self._why = "tie"
         return None
 
     def _peer_event(self, peer: Peer, count: bool) -> RoleEvent | None:
         st = self.state
+        self._why = ""
         ev = HELLO_EVENT[peer.state]
         compare = ((st is St.NEGOTIATION and ev is Ev.PEER_HELLO_NEGOTIATION)
                    or (st is St.ACTIVE and ev is Ev.PEER_HELLO_ACTIVE)
@@ -334,10 +411,10 @@ class Role:
                 return None
             if st is St.ACTIVE and count:
                 self.counters["dual_active"] += 1
+                self.counters["dual_active_won" if won else "dual_active_lost"] += 1
+            if won and st is St.STANDBY_READY and peer.yielding and self.preempt:
+                return Ev.PREEMPT           # the preferred unit, handed the role in order
             return Ev.NEGOTIATION_WON if won else Ev.NEGOTIATION_LOST
-        if (st is St.STANDBY_READY and ev is Ev.PEER_HELLO_ACTIVE and self.preempt
-                and self._beats(peer)):
-            return Ev.PREEMPT
         if count and ev is Ev.PEER_HELLO_FAILED and st in (St.STANDBY_COLD, St.BULK_SYNC):
             self.counters["takeover_refused_not_ready"] += 1
         return ev
@@ -352,9 +429,11 @@ class Role:
             return
         if t.dst is St.ACTIVE:
             self.yielding = False
+            self._warm, self._senior = t.src in WARM_SOURCES, False
             self.counters["takeovers" if t.src is St.STANDBY_READY else "became_active"] += 1
             self._run(TAKEOVER_STEPS)
         elif t.src is St.ACTIVE:
+            self._warm = self._senior = False
             self._run(RELEASE_STEPS)
 
     def _run(self, steps: tuple[str, ...]) -> None:
@@ -369,3 +448,11 @@ class Role:
                 if steps is TAKEOVER_STEPS and self.state is St.ACTIVE:
                     self._apply(Ev.SELF_FAULT, f"{step} failed: {e}")
                 return
+
+
+def _tenure(value: Tenure | int) -> Tenure:
+    """A tenure from a hello: an unknown value (a newer peer) counts as the highest known."""
+    try:
+        return Tenure(value)
+    except ValueError:
+        return Tenure.SENIOR

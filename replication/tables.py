@@ -14,6 +14,8 @@ failover`` and the metrics without a lock (a reader may see a count one behind).
 """
 from __future__ import annotations
 
+import struct
+
 from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, UPDATE,
                               UPDATE_REQUEST)
 
@@ -42,6 +44,10 @@ def tables_of(action: int, rec) -> tuple[str, ...]:
     return ()
 
 
+# a wire state record's protocol and its two keys' addresses and ports (wire.STATE offsets)
+_WIRE_KEYS = struct.Struct("!12xB3xIIHH4xIIHH4x56x")
+assert _WIRE_KEYS.size == 104
+
 _KIND_ACTION = {"create": INSERT, "update": UPDATE, "delete": DELETE}
 
 
@@ -68,6 +74,22 @@ class TableStats:
         self._bump(action, rec, "rcv", n)
         if error:
             self._bump(action, rec, "rerr", n)
+
+    def received_wire(self, records: bytes, refused) -> None:
+        """Live INSERT/UPDATE records in the wire's form (104 bytes each), and for each one
+        whether its import was refused (a true value)."""
+        counts = self.counts
+        for (proto, s0, d0, sp0, dp0, s1, d1, sp1, dp1), bad in zip(
+                _WIRE_KEYS.iter_unpack(records), refused):
+            table = counts[_PROTO_TABLE.get(proto, "delete")]
+            table["rcv"] += 1
+            xlate = (s0, sp0, d0, dp0) != (d1, dp1, s1, sp1)
+            if xlate:
+                counts["xlate"]["rcv"] += 1
+            if bad:
+                table["rerr"] += 1
+                if xlate:
+                    counts["xlate"]["rerr"] += 1
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {t: dict(c) for t, c in self.counts.items()}

@@ -53,6 +53,10 @@ epoch are valid). Actions and their records (sizes in bytes):
                   (``Packed``): the C core writes them (``Core.wire_cursor``) and checks and
                   imports them (``Core.import_wire``) by runs, so decode checks only the
                   section, not each record (a bad one is refused and counted at import)
+                  A Codec made with ``packed={INSERT, UPDATE, DELETE}`` (the standby's, pair.py)
+                  keeps live sections packed too: the core applies a run of them in one C call
+                  (``Core.import_wire_each``, ``Core.import_delete_wire``), each record checked
+                  and counted there
   DELETE          delete (16): id, creator
   BULK_START      bulk_start (8): request id, states in the table
   BULK_END        bulk_end (12): request id, states sent, status
@@ -182,6 +186,7 @@ class Packed(NamedTuple):
 
 
 PACKED_ACTIONS = frozenset({BULK_STATE})     # decoded as Packed, checked at import
+PACKABLE = frozenset({BULK_STATE, INSERT, UPDATE, DELETE})   # a Codec may keep these packed too
 
 
 def records_size(action: int, recs) -> int:
@@ -388,7 +393,7 @@ class Codec:
 
     def __init__(self, key: bytes, unit: int, *, epoch: int | None = None,
                  max_size: int = MAX_DATAGRAM, replay_window: int = 1024,
-                 counters: Counters | None = None):
+                 counters: Counters | None = None, packed: frozenset[int] = frozenset()):
         if not key:
             raise ValueError("the failover key must not be empty")
         if not OVERHEAD + SECTION.size + STATE.size <= max_size <= 65507:
@@ -397,6 +402,9 @@ class Codec:
         self.unit = unit
         self.epoch = new_epoch() if epoch is None else epoch
         self.max_size = max_size
+        self.packed = PACKED_ACTIONS | packed
+        if not self.packed <= PACKABLE:
+            raise ValueError(f"only state records stay packed, not {sorted(self.packed - PACKABLE)}")
         self.window = ReplayWindow(replay_window)
         self.counters = counters if counters is not None else Counters(REASONS + ("rx_ok", "rx_dropped"))
 
@@ -476,7 +484,7 @@ class Codec:
                 raise _Reject("bad_record_size")
             if r1 or r2 or count == 0 or off + count * size > end:
                 raise _Reject("bad_section")
-            if action in PACKED_ACTIONS:
+            if action in self.packed:
                 sections.append((action, Packed(count, data[off:off + count * size])))
                 off += count * size
                 continue

@@ -10,6 +10,8 @@ import dataclasses
 import random
 import struct
 
+import pytest
+
 from dataplane.core import Core, StateRecord, ip_int
 from replication.bulk import (BulkChunk, BulkEnd, BulkRequest, BulkRequester, BulkSender,
                               BulkStart, RequesterState as RS, SenderEvent, SenderState as SS)
@@ -75,8 +77,9 @@ class Pair:
     """The two ends wired together in memory."""
 
     def __init__(self, a: Core, b: Core, clock: Clock, *, chunk_records=512, chunks_per_poll=4,
-                 late_chunks=True, role: Role | None = None, **kw):
+                 late_chunks=True, role: Role | None = None, packed_live=False, **kw):
         self.a, self.b, self.clock = a, b, clock
+        self.packed_live = packed_live
         self.sender = BulkSender(a, chunk_records=chunk_records, chunks_per_poll=chunks_per_poll,
                                  clock=clock)
         self.req = BulkRequester(b, clock=clock, notify=role.on_bulk if role else None, **kw)
@@ -87,8 +90,24 @@ class Pair:
 
     def live(self) -> int:
         changes = self.a.drain(65536)
-        for ch in changes:
-            self.req.apply_live(ch)
+        if not self.packed_live:
+            for ch in changes:
+                self.req.apply_live(ch)
+            return len(changes)
+        run: list[bytes] = []          # the standby's way: runs of one action in the wire's form
+        deletes = False
+        for ch in changes + [None]:
+            if run and (ch is None or (ch.kind == "delete") != deletes):
+                if deletes:
+                    self.req.apply_live_deletes_wire(b"".join(run))
+                else:
+                    self.req.apply_live_wire(b"".join(run))
+                run = []
+            if ch is None:
+                break
+            deletes = ch.kind == "delete"
+            run.append(struct.pack("!QII", ch.id, ch.creator, 0) if deletes
+                       else Core.pack_wire(ch.record))
         return len(changes)
 
     def round(self, ms: int = 1) -> None:
@@ -114,15 +133,16 @@ class Pair:
         self.held = []
 
 
-def test_bulk_sync_of_100k_states_with_a_live_stream_converges():
+@pytest.mark.parametrize("packed_live,n", [(False, 100_000), (True, 30_000)],
+                         ids=["live-by-record", "live-packed-runs"])
+def test_bulk_sync_of_100k_states_with_a_live_stream_converges(packed_live, n):
     clock = Clock()
     a, b = make_core(1, 11), make_core(2, 22)
     a.set_clock(clock.t)
     b.set_clock(clock.t)
-    n = 100_000
     seed(a, n)
     rng = random.Random(4)
-    p = Pair(a, b, clock, chunk_records=1000, chunks_per_poll=4)
+    p = Pair(a, b, clock, chunk_records=1000, chunks_per_poll=4, packed_live=packed_live)
     p.req.request()
     assert p.req.state is RS.REQUESTED
     next_new, tcp_flows, rounds, deleted_ahead = n, [], 0, 0
@@ -169,6 +189,60 @@ def test_bulk_sync_of_100k_states_with_a_live_stream_converges():
     assert a.state_count == b.state_count > n - 30 * rounds
     assert table(a) == table(b)
     assert a.mapping_count == b.mapping_count
+
+
+def test_live_packed_runs_count_each_refused_record_and_import_the_rest():
+    clock = Clock()
+    a, b = make_core(1, 11), make_core(2, 22)
+    for c in (a, b):
+        c.set_clock(clock.t)
+    a.set_journal(True)
+    for i in range(5):
+        assert a.process(flow(i), "inside").accepted
+    recs = [ch.record for ch in a.drain()]
+    good = [Core.pack_wire(r) for r in recs]
+    bad_pad = bytearray(good[1])
+    bad_pad[15] = 1                                      # the pad after flags
+    taken = dataclasses.replace(recs[0], id=999)         # another id, the same keys: a conflict
+    req = BulkRequester(b, clock=clock)
+    b.import_state(recs[0])
+    out = req.apply_live_wire(b"".join([Core.pack_wire(taken), bytes(bad_pad)] + good[2:]))
+    assert [e and e.__name__ for e in out] == ["Conflict", "InvalidArgument", None, None, None]
+    assert req.counters["live_import"] == 3
+    assert req.counters["live_import_conflict"] == 1
+    assert req.counters["live_import_invalidargument"] == 1
+    assert b.state_count == 4 and b.counters()["import_invalid"] == 1
+    # an update of an imported state, as a run of one: applied in place
+    newer = dataclasses.replace(recs[2], expire_in_ms=recs[2].expire_in_ms + 1000)
+    assert req.apply_live_wire(Core.pack_wire(newer)) == [None]
+    assert b.get(1, recs[2].id).expire_in_ms == newer.expire_in_ms
+
+
+def test_live_packed_deletes_count_unknown_and_malformed_records():
+    clock = Clock()
+    a, b = make_core(1, 11), make_core(2, 22)
+    for c in (a, b):
+        c.set_clock(clock.t)
+    a.set_journal(True)
+    for i in range(3):
+        assert a.process(flow(i), "inside").accepted
+    recs = [ch.record for ch in a.drain()]
+    for r in recs:
+        b.import_state(r)
+    req = BulkRequester(b, clock=clock)
+    recs_wire = [struct.pack("!QII", r.id, 1, 0) for r in recs]
+    out = req.apply_live_deletes_wire(b"".join([recs_wire[0], struct.pack("!QII", 777, 1, 0),
+                                                struct.pack("!QII", recs[1].id, 1, 5), recs_wire[2]]))
+    assert [e and e.__name__ for e in out] == [None, "NotFound", "InvalidArgument", None]
+    assert (req.counters["live_delete"], req.counters["delete_unknown"],
+            req.counters["live_delete_invalidargument"]) == (2, 1, 1)
+    assert {r.id for r in b.export()} == {recs[1].id}
+    # during a bulk sync each delete is a tombstone: an older bulk copy is skipped
+    req.request()
+    req.on_message(BulkStart(req.request_id, 1))
+    req.apply_live_deletes_wire(recs_wire[1])
+    req.on_message(BulkChunk(req.request_id, Core.pack_wire(recs[1])))
+    assert req.counters["skipped_tombstone"] == 1 and b.state_count == 0
 
 
 def test_chunk_budget_progress_and_end():

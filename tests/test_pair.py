@@ -95,6 +95,15 @@ def run(units, until, timeout_s: float = 5.0) -> bool:
     return False
 
 
+def drain(u: Unit) -> None:
+    """Drop what waits in a unit's socket (it was not running: a real unit had no socket)."""
+    while True:
+        try:
+            u.pair.link.sock.recvfrom(65535)
+        except BlockingIOError:
+            return
+
+
 def ids(core: Core) -> set[tuple[int, int]]:
     return {(r.creator, r.id) for r in core.export()}
 
@@ -117,6 +126,9 @@ def test_join_bulk_live_and_takeover(units):
     a.flow(41000)
     new = max(ids(a.core) - want)
     assert run([a, b], lambda: new in ids(b.core))
+    t = b.pair.tables.snapshot()          # the live run was imported packed, counted per record
+    assert t["udp conn"]["rcv"] >= 1 and t["xlate"]["rcv"] >= 1 and t["udp conn"]["rerr"] == 0, t
+    assert b.pair.requester.counters["live_import"] >= 1
     with a.lock:
         gone = min(want)
         a.core.delete(*gone)
@@ -165,6 +177,51 @@ def test_dual_active_ends_with_one_active_that_announces_again(units):
     assert b.steps.done == ["core_active", "add_addresses", "announce", "remove_addresses",
                             "core_standby"]
     assert a.pair.counters["reannounced"] == 1         # whichever heard the other first
+
+
+def test_a_cold_active_of_higher_priority_loses_to_the_unit_with_the_table(units):
+    """b holds the flows' table; a (preferred) starts deaf, goes active alone with an empty
+    table; when it hears b, b keeps the role, a yields, bulk-syncs and is ready."""
+    a, b = units(priority=100)
+    a.pair.role.priority = 250
+    b.pair.role.live_after_ms = 0        # b has forwarded long enough (the default is seconds)
+    b.pair.start()
+    assert run([b], lambda: b.pair.role.is_active, 2)
+    for port in range(40000, 40020):
+        b.flow(port)
+    real_peer = a.pair.link.peer
+    a.pair.link.connect(("127.0.0.1", free_ports(1)[0]))       # a hears nobody
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.is_active, 2)
+    assert a.pair.role.tenure.name == "COLD"
+    a.pair.link.connect(real_peer)
+    assert run([a, b], lambda: a.pair.role.state is RoleState.STANDBY_READY), a.pair.status()
+    assert b.pair.role.is_active and ids(a.core) == ids(b.core) and len(ids(b.core)) == 20
+    lost = [t for t in a.pair.role.history if t.event.name == "NEGOTIATION_LOST"]
+    assert lost and "by=tenure ours=COLD peer=LIVE" in lost[0].reason
+
+
+def test_preemption_hands_the_role_back_in_order(units):
+    """preempt on: the preferred unit, once ready, asks (F_WANTS_ACTIVE); the active drains,
+    yields, and the preferred unit takes over; the old active stays ready with its table."""
+    a, b = units(priority=100, preempt=True)
+    a.pair.role.priority = 250
+    b.pair.start()
+    assert run([b], lambda: b.pair.role.is_active, 2)
+    for port in range(40000, 40010):
+        b.flow(port)
+    drain(a)                             # b's hellos from its negotiation: a was not running
+    a.pair.start()
+    assert run([a, b], lambda: a.pair.role.is_active and b.pair.role.peer is not None
+               and b.pair.role.state is RoleState.STANDBY_READY), (a.pair.status(), b.pair.status())
+    path = [(t.src.name, t.event.name, t.dst.name) for t in a.pair.role.history if t.src is not t.dst]
+    assert path[-4:] == [("NEGOTIATION", "PEER_HELLO_ACTIVE", "STANDBY_COLD"),
+                         ("STANDBY_COLD", "BULK_START", "BULK_SYNC"),
+                         ("BULK_SYNC", "BULK_DONE", "STANDBY_READY"),
+                         ("STANDBY_READY", "PREEMPT", "ACTIVE")], path
+    assert b.pair.switchover.counters["yields"] == 1
+    assert a.pair.role.counters["dual_active"] == b.pair.role.counters["dual_active"] == 0
+    assert ids(a.core) == ids(b.core) and len(ids(a.core)) == 10
 
 
 def test_a_standby_bulk_syncs_again_when_the_active_stream_restarts(units):
@@ -274,3 +331,18 @@ def test_an_idle_pair_waits_for_its_timers_and_an_offer_wakes_it(units):
     assert select.select([wake_fd], [], [], 0)[0] == []
     assert a.pair.next_wake_ms() <= 1               # the change is unacked: every ms until acked
     assert run([a, b], lambda: a.pair.transport.idle())
+
+
+def test_live_records_in_the_wire_form_count_in_the_same_tables_as_decoded_ones():
+    from replication.tables import TableStats
+    from replication.wire import INSERT
+    core = Core(pool=[POOL_1], creator_id=1, port_range=(20000, 29999))
+    core.process(udp(INSIDE, SRV_1, 5000, 53), "inside")
+    core.process(tcp(INSIDE, SRV_1, 5001, 443, "S"), "inside")
+    recs = list(core.export())
+    one, packed = TableStats(), TableStats()
+    for i, r in enumerate(recs):
+        one.received(INSERT, r, error=i == 1)
+    packed.received_wire(b"".join(Core.pack_wire(r) for r in recs), [None, Exception])
+    assert one.snapshot() == packed.snapshot()
+    assert packed.snapshot()["xlate"] == {"xmit": 0, "xerr": 0, "rcv": 2, "rerr": 1}

@@ -11,7 +11,7 @@ import pytest
 
 from replication.fsm import Machine
 from replication.role import (RELEASE_STEPS, TABLE, TAKEOVER_STEPS, Role, RoleEvent as Ev,
-                              RoleState as St)
+                              RoleState as St, Tenure as Tn)
 
 
 class Clock:
@@ -63,17 +63,25 @@ def ready(role: Role) -> None:
     assert role.state is St.STANDBY_READY
 
 
-def active_and_ready(**kw_b) -> tuple[Role, Role]:
-    a, b = unit(1), unit(2, **kw_b)
+def active_and_ready(clock: Clock | None = None, **kw_b) -> tuple[Role, Role]:
+    """a active for a while, then b joins and bulk-syncs (one clock for both)."""
+    clock = clock or Clock()
+    a, b = unit(1, clock), unit(2, clock, **kw_b)
     a.start()
     a.on_detect(Ev.PEER_SILENT)          # alone for the hold time
     assert a.state is St.ACTIVE
+    clock.t += 2000
     b.start()
     exchange(a, b)
     assert b.state is St.STANDBY_COLD
+    clock.t += 500
     ready(b)
     exchange(a, b)
     return a, b
+
+
+def last(role: Role, event: Ev):
+    return [t for t in role.history if t.event is event][-1]
 
 
 # ---- the table ----
@@ -253,13 +261,99 @@ def test_active_restarted_within_the_hold_time_ready_standby_takes_the_role():
 
 
 def test_dual_active_after_a_healed_split_ends_with_one_active():
-    a, b = active_and_ready()
+    clock = Clock()
+    a, b = active_and_ready(clock, priority=250)       # b preferred: the older table wins anyway
+    assert a.tenure is Tn.SENIOR                        # it heard b standby, well into its tenure
     b.on_detect(Ev.PEER_SILENT, "every path cut")     # a real split: both forward
     assert a.state is b.state is St.ACTIVE
+    assert b.tenure is Tn.LIVE                          # took over with the synced table
+    clock.t += 30_000
     exchange(a, b)                                      # the paths are back
     assert (a.state, b.state) == (St.ACTIVE, St.STANDBY_COLD)
     assert b.actions.steps == list(TAKEOVER_STEPS + RELEASE_STEPS)
-    assert b.counters["dual_active"] == 1
+    assert b.counters["dual_active"] == 1 and b.counters["dual_active_lost"] == 1
+    assert "by=tenure ours=LIVE peer=SENIOR" in last(b, Ev.NEGOTIATION_LOST).reason
+    # the loser is cold: it asks for a bulk sync and is ready only when it completed
+    ready(b)
+    exchange(a, b)
+    assert (a.state, b.state) == (St.ACTIVE, St.STANDBY_READY)
+
+
+def test_a_rejoining_unit_of_higher_priority_alone_by_mistake_loses_to_the_table():
+    clock = Clock()
+    a, b = active_and_ready(clock)
+    a2 = unit(1, clock, priority=250)   # a restarts (empty table), preferred, not preempting
+    a.fault("power")
+    b.on_detect(Ev.PEER_SILENT)
+    assert b.state is St.ACTIVE and b.tenure is Tn.LIVE
+    clock.t += 60_000
+    a2.start()
+    a2.on_detect(Ev.PEER_SILENT, "heard nobody in the hold time")   # b's hellos were late
+    assert a2.state is St.ACTIVE and a2.tenure is Tn.COLD
+    clock.t += 300
+    exchange(a2, b)
+    assert (a2.state, b.state) == (St.STANDBY_COLD, St.ACTIVE)
+    assert "by=tenure ours=COLD peer=LIVE" in last(a2, Ev.NEGOTIATION_LOST).reason
+    assert "by=tenure ours=LIVE peer=COLD" in last(b, Ev.NEGOTIATION_WON).reason
+    ready(a2)
+    exchange(a2, b)
+    assert (a2.state, b.state) == (St.STANDBY_READY, St.ACTIVE)   # preempt off: no failback
+
+
+def test_a_unit_alone_for_long_keeps_the_role_against_a_cold_active_of_higher_priority():
+    clock = Clock()
+    a, b = unit(1, clock), unit(2, clock, priority=250)
+    a.start()
+    a.on_detect(Ev.PEER_SILENT)
+    clock.t += 10_000                    # it forwarded alone: its table is the only one
+    assert a.tenure is Tn.LIVE
+    b.start()
+    b.on_detect(Ev.PEER_SILENT)          # b did not hear a in time
+    exchange(a, b)
+    assert (a.state, b.state) == (St.ACTIVE, St.STANDBY_COLD)
+
+
+@pytest.mark.parametrize("alone_ms", [0, 10_000])
+@pytest.mark.parametrize("a_first", [True, False])
+def test_dual_active_with_equal_everything_is_decided_by_the_unit_id(alone_ms, a_first):
+    """Both went active alone at the same time (a cut link at start), equal priority: the
+    lower unit id wins whichever hello arrives first, cold or live."""
+    clock = Clock()
+    a, b = unit(1, clock), unit(2, clock)
+    for u in (a, b):
+        u.start()
+        u.on_detect(Ev.PEER_SILENT)
+    clock.t += alone_ms
+    assert a.tenure is b.tenure is (Tn.COLD if alone_ms == 0 else Tn.LIVE)
+    exchange(*((a, b) if a_first else (b, a)))
+    assert (a.state, b.state) == (St.ACTIVE, St.STANDBY_COLD)
+    assert "by=unit_id" in last(b, Ev.NEGOTIATION_LOST).reason
+
+
+def test_two_seniors_compare_as_equals_and_agree():
+    """Hellos that crossed a tenure change in flight can make both senior: still one verdict."""
+    clock = Clock()
+    a, b = unit(1, clock, priority=100), unit(2, clock, priority=200)
+    for u in (a, b):
+        u.start()
+        u.on_detect(Ev.PEER_SILENT)
+    clock.t += 2000
+    a.on_peer(St.NEGOTIATION, 200, 2)    # stale hellos from before the peer went active
+    b.on_peer(St.NEGOTIATION, 100, 1)
+    assert a.tenure is b.tenure is Tn.SENIOR
+    exchange(a, b)
+    assert (a.state, b.state) == (St.STANDBY_COLD, St.ACTIVE)
+    assert "by=priority" in last(a, Ev.NEGOTIATION_LOST).reason
+
+
+def test_an_active_peer_from_before_tenures_is_compared_by_priority():
+    clock = Clock()
+    a = unit(1, clock, priority=100)
+    a.start()
+    a.on_detect(Ev.PEER_SILENT)
+    clock.t += 10_000
+    a.on_peer(St.ACTIVE, 200, 2)          # no tenure bits: an older unit uses the priority
+    assert a.state is St.STANDBY_COLD     # and so does this one: both agree
 
 
 def test_manual_active_against_a_live_active_peer_loses_the_comparison():
@@ -295,6 +389,13 @@ def test_manual_standby_only_with_a_ready_peer():
 
 # ---- preemption and rejoin ----
 
+def hand_over_if_asked(active: Role, standby: Role) -> None:
+    """What switchover.py does on the active when the ready peer's hellos ask for the role:
+    drain, wait for the acks, then ``manual_standby`` (yielding)."""
+    if active.is_active and standby.hello().wants_active:
+        assert active.manual_standby("peer asked for the active role") is St.STANDBY_READY
+
+
 def test_preemption_is_off_by_default():
     a, b = unit(1, priority=200), unit(2, priority=100)
     assert a.preempt is False
@@ -310,24 +411,40 @@ def test_preemption_is_off_by_default():
     exchange(a, b)
     ready(a)
     exchange(a, b)
+    assert not a.hello().wants_active
+    hand_over_if_asked(b, a)
+    exchange(a, b)
     assert (a.state, b.state) == (St.STANDBY_READY, St.ACTIVE)    # no failback
 
 
-def test_preemption_when_enabled_fails_back_to_the_preferred_unit():
-    a, b = unit(1, priority=200, preempt=True), unit(2, priority=100)
+def test_preemption_when_enabled_fails_back_to_the_preferred_unit_in_order():
+    clock = Clock()
+    a, b = unit(1, clock, priority=200, preempt=True), unit(2, clock, priority=100)
     a.start()
     b.start()
     exchange(a, b)
     ready(b)
     a.fault("power")
     b.on_detect(Ev.PEER_SILENT)
+    clock.t += 5000
     a.rejoin()
     exchange(a, b)
     assert a.state is St.STANDBY_COLD                   # not ready: never preempts
-    ready(a)
+    assert not a.hello().wants_active
+    a.on_bulk(Ev.BULK_START)
     exchange(a, b)
-    assert (a.state, b.state) == (St.ACTIVE, St.STANDBY_COLD)
-    assert any(t.event is Ev.PREEMPT for t in a.history)
+    assert a.state is St.BULK_SYNC and not a.hello().wants_active
+    a.on_bulk(Ev.BULK_DONE)
+    exchange(a, b)
+    # ready and preferred: it asks; it never jumps to ACTIVE beside the live active
+    assert (a.state, b.state) == (St.STANDBY_READY, St.ACTIVE)
+    assert a.hello().wants_active
+    hand_over_if_asked(b, a)                            # the active yields in order
+    exchange(a, b)
+    assert (a.state, b.state) == (St.ACTIVE, St.STANDBY_READY)   # b keeps its table: ready
+    assert last(a, Ev.PREEMPT).dst is St.ACTIVE
+    assert b.counters["dual_active"] == 0 and a.counters["dual_active"] == 0
+    assert not a.hello().wants_active and not b.hello().wants_active
 
 
 def test_rejoin_failed_cold_bulk_ready():

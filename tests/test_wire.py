@@ -431,3 +431,18 @@ def test_a_packed_section_goes_through_whole_and_a_wrong_length_is_refused():
         a.encode(dataclasses.replace(m, sections=((BULK_STATE, wire.Packed(85, recs[:-1])),)))
     assert wire.datagram_size(1500) == 1400 and wire.datagram_size(9000) == 8972
     assert (wire.datagram_size(9000) - wire.OVERHEAD - wire.SECTION.size) // 104 == 85
+
+
+def test_a_codec_may_keep_live_state_records_packed_for_the_core():
+    a, _ = pair()
+    b = Codec(KEY, 2, epoch=2000, packed=frozenset({INSERT, UPDATE}))
+    recs = (state(1), state(2))
+    m = wire.Message(unit=1, epoch=1000, xmit=1, seq=1, flags=F_RELIABLE,
+                     sections=((INSERT, recs), (DELETE, (Delete(1, 5),))))
+    got = b.decode(a.encode(m))
+    (act, packed), (dact, dels) = got.sections
+    assert act == INSERT and isinstance(packed, wire.Packed) and packed.count == 2
+    assert [Core.unpack_wire(packed.data[i * 104:(i + 1) * 104]) for i in range(2)] == list(recs)
+    assert dact == DELETE and dels == (Delete(1, 5),)
+    with pytest.raises(ValueError):
+        Codec(KEY, 2, packed=frozenset({HELLO}))
