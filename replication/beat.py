@@ -156,8 +156,9 @@ class Beat:
 
     def counters(self) -> dict[str, int]:
         c = self.block.counters()
-        mine = tuple(f"_{p}" for p in self.paths)
-        return {k: v for k, v in c.items() if (v if k.startswith("wire_") else k.endswith(mine))}
+        others = tuple(f"_{p}" for p in beatshm.PATHS if p not in self.paths)
+        return {k: v for k, v in c.items()
+                if (v if k.startswith("wire_") else not k.endswith(others) if others else True)}
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -197,6 +198,7 @@ class _Path:
         self.codec = Codec(key, unit, counters=_BlockCounters(block))
         self.xmit = 0
         self.count = 0
+        self.last_ns = 0
 
     def send(self, hello: wire.Hello) -> None:
         self.xmit += 1
@@ -232,6 +234,9 @@ class _Path:
             self.count += 1
             self.block.set_heard(self.name, Heard(self.count, at, msg.unit, hellos[-1]))
             self.block.bump(f"rx_{self.name}")
+            if self.last_ns:
+                self.block.set_max(f"rx_gap_max_ms_{self.name}", (at - self.last_ns) // 1_000_000)
+            self.last_ns = at
 
 
 class _BlockCounters(Counters):
@@ -307,6 +312,8 @@ def run(block: Block, paths: list[_Path], cmd_fd: int, parent: int) -> None:
         ours = _ours(block, ours)
         if ours is None or not (now_asked or now >= next_send):
             continue
+        if next_send and not now_asked:
+            block.set_max("tx_late_max_ms", now - next_send)
         next_send = now + max(1, ours.poll_ms)      # no catch-up bursts
         if not _running(parent_stat):
             block.bump("held_daemon_stopped")       # frozen: the peer must see it dead

@@ -13,7 +13,10 @@ u64s fall on 8-byte boundaries):
       40  3x48  heard, one slot per path in ``PATHS`` (beat -> daemon): seq (u32),
                 count (u32: valid hellos so far), heard_ns (u64), the peer's unit id and
                 its last hello's fields (``HEARD``)
-     184  8xN   counters (u64, beat -> daemon, one writer each): ``COUNTERS``
+     184  8xN   counters (u64, beat -> daemon, one writer each): ``COUNTERS``; the *_max_ms
+                ones are the largest seen: rx_gap_max_ms_<path>, between two valid hellos
+                heard on the path (the peer's lateness plus the network's plus ours), and
+                tx_late_max_ms, how late the beat sent a hello after it was due (ours)
 
 Every record is a seqlock: the writer makes seq odd, writes, makes it even again; a
 reader retries while seq is odd or changed under it, so neither side uses a torn
@@ -44,8 +47,9 @@ OFF_OURS = 16
 OFF_HEARD = 40
 SLOT = 48
 _PER_PATH = ("tx", "tx_errors", "rx", "rx_rejected", "rx_wrong_source", "rx_not_hello",
-             "rx_socket_errors")
-COUNTERS = (tuple(f"{k}_{p}" for p in PATHS for k in _PER_PATH) + ("held_daemon_stuck", "held_daemon_stopped")
+             "rx_socket_errors", "rx_gap_max_ms")
+COUNTERS = (tuple(f"{k}_{p}" for p in PATHS for k in _PER_PATH) + ("held_daemon_stuck", "held_daemon_stopped",
+                                                                   "tx_late_max_ms")
             + tuple(f"wire_{r}" for r in wire.REASONS))
 OFF_COUNTERS = OFF_HEARD + SLOT * len(PATHS)
 COUNTER = struct.Struct("<Q")
@@ -131,6 +135,11 @@ class Block:
     def bump(self, name: str, n: int = 1) -> None:
         off = OFF_COUNTERS + COUNTER.size * COUNTERS.index(name)
         COUNTER.pack_into(self.buf, off, COUNTER.unpack_from(self.buf, off)[0] + n)
+
+    def set_max(self, name: str, v: int) -> None:
+        off = OFF_COUNTERS + COUNTER.size * COUNTERS.index(name)
+        if v > COUNTER.unpack_from(self.buf, off)[0]:
+            COUNTER.pack_into(self.buf, off, v)
 
     def counters(self) -> dict[str, int]:
         return dict(zip(COUNTERS, struct.unpack_from(f"<{len(COUNTERS)}Q", self.buf, OFF_COUNTERS)))

@@ -75,6 +75,9 @@ def test_records_round_trip_and_empty_before_the_first_write():
     b.bump("rx_inside")
     b.bump("wire_bad_mac", 3)
     assert b.counters()["rx_inside"] == 1 and b.counters()["wire_bad_mac"] == 3
+    b.set_max("tx_late_max_ms", 7)
+    b.set_max("tx_late_max_ms", 3)
+    assert b.counters()["tx_late_max_ms"] == 7
 
 
 def test_a_record_mid_write_is_never_read():
@@ -173,6 +176,8 @@ def test_hellos_flow_on_every_path(beats):
     c = a.counters()
     assert all(c[f"rx_{p}"] > 0 and c[f"tx_{p}"] > 0 for p in beatshm.PATHS), c
     assert not any(c[f"rx_rejected_{p}"] for p in beatshm.PATHS), c
+    assert 0 <= c["rx_gap_max_ms_failover"] < 3000 and 0 <= c["tx_late_max_ms"] < 3000, c
+    assert c["held_daemon_stuck"] == c["held_daemon_stopped"] == 0, c
     b.publish(HELLO_A._replace(role=5))             # a change reaches the peer's next hello
     assert wait(lambda: any(h.role == 5 for _, _, _, h in a.heard()))
 
@@ -243,6 +248,7 @@ def test_send_now_and_silence_when_the_daemon_stops_stepping(beats):
         peer.settimeout(0.3)
         with pytest.raises(TimeoutError):
             peer.recv(2048)
+        assert a.counters()["held_daemon_stuck"] > 0
         a.alive()                                       # stepping again: hellos again
         peer.settimeout(3)
         assert Codec(KEY, 2).decode(peer.recv(2048)) is not None
