@@ -183,8 +183,12 @@ class Detector:
 
     # ---- the decision ----
 
-    def poll(self) -> list[tuple[RoleEvent, str]]:
-        now = self.clock()
+    def poll(self, now: int | None = None) -> list[tuple[RoleEvent, str]]:
+        """The events due; ``now``: judge as of this time (default the clock): the time the
+        caller last looked at every hello heard (replication.pair with the beat process),
+        so a caller that stalls between looking and asking does not see a silence that
+        was only its own."""
+        now = self.clock() if now is None else min(now, self.clock())
         out, self._out = self._out, []
         if self.silent:
             return out

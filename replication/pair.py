@@ -239,7 +239,11 @@ class Pair:
             self._import()
         if self.data is not None:
             self.data.pump(self._on_hello)
+        looked = None
         if self.beat is not None:
+            # silence is judged as of now, when we look at what the beat heard: should this
+            # thread lose the GIL before the detector decides, the wait is not a silence
+            looked = self.clock()
             self.beat.alive()
             for path, at, unit, rec in self.beat.heard():
                 self._on_hello(path, unit, rec, at=at)
@@ -255,7 +259,7 @@ class Pair:
                     self.tables.sent(HELLO)
                 elif self.data is not None:
                     self.data.send(path, hello)
-        for event, reason in self.detector.poll():
+        for event, reason in self.detector.poll(looked):
             if event.name == "PEER_SILENT":
                 self.sender.abort("peer silent")
                 self._reset_link("peer silent")

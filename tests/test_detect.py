@@ -240,3 +240,15 @@ def test_silence_counts_from_when_the_hello_was_heard_not_read():
     assert [e for e, _ in det.poll()] == [Ev.PEER_SILENT]
     det.hello(FAILOVER, at=clock.t + 50)             # a time in the future is taken as now
     assert det.last[FAILOVER] == clock.t
+
+
+def test_silence_is_judged_as_of_when_the_caller_looked():
+    """A loop that looked at the hellos heard, then stalled 30 ms before asking, sees no
+    silence that was only its own stall; asked as of a later look, it does."""
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    det.hello(FAILOVER, at=clock.t)
+    looked = clock.t + HOLD - 5
+    clock.t = looked + 30                            # the stall
+    assert det.poll(looked) == []
+    assert [e for e, _ in det.poll(looked + 5)] == [Ev.PEER_SILENT]
