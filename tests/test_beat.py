@@ -294,7 +294,8 @@ def test_the_beat_dies_with_its_parent(how):
         if how == "SIGKILL":
             parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-        assert wait(lambda: _gone(beat_pid), 5), f"beat {beat_pid} outlived its parent"
+        assert wait(lambda: _gone(beat_pid), 10), (f"beat {beat_pid} outlived its parent: "
+                                                   f"{open(f'/proc/{beat_pid}/status').read()[:300]}")
     finally:
         if parent.poll() is None:
             parent.kill()
