@@ -25,7 +25,8 @@ The file (see examples/unit-fw-a.toml)::
                   drain_us (the C feed: microseconds one call may go on draining the queue)
     [control]     socket
     [failover]    optional (without it the unit runs standalone): interface (the failover
-                  leg), local = "a.b.c.d:port", peer = "a.b.c.d:port", key (hex) or
+                  leg), local = "a.b.c.d:port", peer = "a.b.c.d:port" (the stream's UDP
+                  port; the failover link's hellos use port + 1, so <= 65534), key (hex) or
                   key_file (raw bytes or hex text; at least 32 bytes either way), priority,
                   poll_ms, hold_ms (hold >= 3 x poll: replication.detect.check_timers),
                   preempt (default false), http_replication (default false),
@@ -188,6 +189,16 @@ class Failover:
     peer_legs: tuple[tuple[str, str], ...] = ()     # (leg, the peer's own address on it)
     group: int = 1
     virtual_macs: tuple[tuple[str, str], ...] = ()  # (leg, MAC) taken while active; () = off
+
+    @property
+    def beat_local(self) -> tuple[str, int]:
+        """Where the hello process (replication.beat) sends the failover link's hellos from:
+        the failover port + 1 (the stream's socket and replay window stay its own)."""
+        return self.local[0], self.local[1] + 1
+
+    @property
+    def beat_peer(self) -> tuple[str, int]:
+        return self.peer[0], self.peer[1] + 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -598,6 +609,10 @@ def _failover(ck: _Checker, d: Any, interfaces: Interfaces, path: str) -> Failov
     local, peer = _endpoint(ck, d, "local"), _endpoint(ck, d, "peer")
     if local == peer:
         ck.fail("failover.peer", f"same address as local ({local[0]}:{local[1]})")
+    for which, (_, port) in (("local", local), ("peer", peer)):
+        if port == 65535:
+            ck.fail(f"failover.{which}", "port 65535 leaves no port for the hellos (the "
+                    "failover link's hellos use the failover port + 1)")
     key = _key(ck, d, path)
     priority = ck.int_in(d, "failover", "priority", 0, 255, 100)
     poll_ms = ck.value(d, "failover", "poll_ms", int, FAILOVER_POLL_MS)

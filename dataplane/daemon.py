@@ -16,8 +16,11 @@ Owns the unit's life cycle and its threads. Names used:
   back on release; a leftover of a crashed run is removed at start; the neighbour table of
   the data legs watched and installed into (``replication.neighbours``, its own thread)
   and replicated by the pair. A unit without ``[failover]`` runs standalone, as before.
-  The pair's pieces that touch the kernel are made by ``dataplane.pairing`` (data-path
-  hellos, carrier watch, virtual MACs).
+  The pair's pieces that touch the kernel are made by ``dataplane.pairing`` (the hello
+  process, carrier watch, virtual MACs). The hellos of every path are sent and heard by a
+  child process of the daemon (``replication.beat``, its own GIL, SCHED_FIFO), which the
+  pair reads through shared memory at each step: under load the feed or control thread
+  could hold this GIL while preempted, and the hellos came hundreds of ms late.
 - threads: the feed thread (``feed.run_once`` in a loop), the replication thread (with
   ``[failover]``: ``Pair.step`` on every datagram, on a wake from another thread, and when a
   timer is due (``Pair.next_wake_ms``: 1 ms while busy, up to 5 ms idle)), the control thread
@@ -272,13 +275,17 @@ class Daemon:
         self.vips.prepare()                 # learns the own MACs first
         self.vips.remove()                  # a crashed run's, or the lab's: not ours until active
         self.neighbours = _start_neighbours(self.cfg)
-        data = pairing.data_hellos(self.cfg)
-        self.carrier = pairing.carrier_watch(self.cfg)
+        beat = pairing.beat(self.cfg)       # the hellos, outside this GIL (replication.beat)
+        try:
+            self.carrier = pairing.carrier_watch(self.cfg)
+        except BaseException:
+            beat.close()
+            raise
         self.pair = Pair(self.core, self.lock, unit_id=self.cfg.unit.creator_id, key=fo.key,
                          local=fo.local, peer=fo.peer, priority=fo.priority, poll_ms=fo.poll_ms,
                          hold_ms=fo.hold_ms, preempt=fo.preempt,
                          http_replication=fo.http_replication, actions=_PairActions(self),
-                         max_datagram=max_datagram, data_hellos=data, name=self.name,
+                         max_datagram=max_datagram, beat=beat, name=self.name,
                          neighbours=self.neighbours)
         if not self.carrier.up:
             self.pair.carrier(False)

@@ -9,7 +9,10 @@ dataplane/daemon.py only wires them together:
 - ``hello_accepts(cfg)``: the rules that let those hellos past the NFQUEUE rule
   (dataplane.rules.HelloAccept), one per data leg.
 - ``data_hellos(cfg)``: the replication.datapath.DataHellos sockets (None without
-  data legs), on the failover port.
+  data legs), on the failover port (a Pair without the beat process).
+- ``beat(cfg)``: the hello process (replication.beat.Beat) of every path: the failover
+  link on ``Failover.beat_local``/``beat_peer`` (the failover port + 1), the data legs
+  as ``data_hellos`` would (the failover port, the port ``hello_accepts`` lets through).
 - ``carrier_watch(cfg)``: replication.carrier.CarrierWatch of the failover leg.
 - ``virtual_addresses(cfg)``: dataplane.vips.VirtualAddresses of the ``[[failover.vip]]``
   entries, with dataplane.vmac.VirtualMacs when virtual MACs are on (their own-MAC state
@@ -61,6 +64,17 @@ def data_hellos(cfg: Config):
     port, peer_port = fo.local[1], fo.peer[1]
     return DataHellos(fo.key, cfg.unit.creator_id,
                       [(leg, (own, port), (peer, peer_port)) for leg, _, own, peer in legs])
+
+
+def beat(cfg: Config):
+    from replication.beat import Beat
+    from replication.detect import FAILOVER
+
+    fo = cfg.failover
+    port, peer_port = fo.local[1], fo.peer[1]
+    paths = [(FAILOVER, fo.beat_local, fo.beat_peer)]
+    paths += [(leg, (own, port), (peer, peer_port)) for leg, _, own, peer in data_legs(cfg)]
+    return Beat(fo.key, cfg.unit.creator_id, paths)
 
 
 def carrier_watch(cfg: Config):

@@ -129,18 +129,24 @@ class Detector:
 
     # ---- inputs ----
 
-    def hello(self, path: str) -> None:
+    def hello(self, path: str, at: int | None = None) -> None:
+        """A hello heard on ``path``; ``at``: when it was heard (clock units; default now):
+        the hello process (replication.beat) stamps it on arrival, and silence is judged
+        from then, not from when the loop got around to reading it."""
         if path not in self.last:
             raise ValueError(f"unknown path {path!r} (known: {', '.join(self.last)})")
         now = self.clock()
+        if at is not None:
+            now = min(now, at)
         self.counters[f"hellos_rx_{path}"] += 1
         heard = any(t is not None for t in self.last.values())
-        self.last[path] = now
+        prev = self.last[path]
+        self.last[path] = now if prev is None else max(prev, now)
         if heard and not self.silent and now - self.last_any > self.counters["max_silence_ms"]:
             # the longest silence that did not fail the peer: how close to hold_ms we came
             self.counters["max_silence_ms"] = now - self.last_any
-        self.last_any = now
-        self._quiet_until = now         # the start-up grace is for a peer not heard yet
+        self.last_any = max(self.last_any, now)
+        self._quiet_until = min(self._quiet_until, self.last_any)   # the start-up grace is for a peer not heard yet
         if self.silent:
             self.silent = False
             self.back_at = now
@@ -177,8 +183,12 @@ class Detector:
 
     # ---- the decision ----
 
-    def poll(self) -> list[tuple[RoleEvent, str]]:
-        now = self.clock()
+    def poll(self, now: int | None = None) -> list[tuple[RoleEvent, str]]:
+        """The events due; ``now``: judge as of this time (default the clock): the time the
+        caller last looked at every hello heard (replication.pair with the beat process),
+        so a caller that stalls between looking and asking does not see a silence that
+        was only its own."""
+        now = self.clock() if now is None else min(now, self.clock())
         out, self._out = self._out, []
         if self.silent:
             return out

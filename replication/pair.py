@@ -23,6 +23,12 @@ used:
   (replication.datapath.DataHellos), on each data leg to the peer's own address there; a
   hello on any path feeds the detector (that path) and the role. Without data hellos the
   detector has no data path, and a cut failover link looks like a dead peer.
+- ``beat`` (optional, replication.beat.Beat; the daemon's choice): the hellos of every path
+  are sent and heard by the beat process instead, outside this interpreter's GIL. Each
+  step publishes our hello to it (and that the loop is alive) and reads what it heard:
+  the detector hears each path at the time the beat received the hello, the role judges
+  its content as above. ``send_hello`` asks the beat for a hello at once. Without a beat
+  (the unit tests' pairs over loopback) the hellos go as described above.
 - ``carrier(up)``: the failover leg's carrier (replication.carrier.CarrierWatch, netlink):
   a drop is confirmed over the data paths within a couple of polls (detect.py).
 - split link (DATA_LINK_PEER_ALIVE: the failover link is down or silent, the peer answers
@@ -94,6 +100,7 @@ OFFER_MAX = 1 << 20             # journal changes waiting for the loop (then: dr
 IDLE_WAIT_MAX_MS = 5            # the longest wait of an idle loop (the detector's timers are nearer)
 REQUEST_AGAIN_MS = 1000         # a failed bulk sync is asked for again after this long
 NEGOTIATION_GRACE_MS = 250      # at start, listen this much beyond hold_ms before going active alone
+BEAT_TX_EVERY_MS = 100          # the beat's sent-hello counts are copied into ours this often
 
 
 def monotonic_ms_float() -> float:
@@ -125,7 +132,7 @@ class Pair:
                  max_datagram: int = wire.MAX_DATAGRAM, data_hellos: DataHellos | None = None,
                  clock: Callable[[], int] = monotonic_ms,
                  lag_clock: Callable[[], float] = monotonic_ms_float, name: str = "pair",
-                 neighbours=None):
+                 neighbours=None, beat=None):
         self.core, self.lock = core, core_lock
         self.unit_id, self.key, self.http = unit_id, bytes(key), http_replication
         self.max_datagram = max_datagram
@@ -140,9 +147,15 @@ class Pair:
         self.role = Role(unit_id, priority=priority, preempt=preempt, actions=actions, clock=clock,
                          name=f"{name}-role")
         self.role.machine.subscribe(self._on_role)
-        self.data = data_hellos
+        if beat is not None and data_hellos is not None:
+            raise ValueError("the beat process owns the data legs' hellos: not both")
+        self.data, self.beat = data_hellos, beat
+        self._beat_tx: collections.Counter[str] = collections.Counter()
+        self._beat_tx_due = 0
+        data_paths = (beat.data_paths if beat is not None
+                      else () if data_hellos is None else data_hellos.names)
         self.detector = Detector(poll_ms=poll_ms, hold_ms=hold_ms, clock=clock, name=f"{name}-detect",
-                                 data_paths=() if data_hellos is None else data_hellos.names)
+                                 data_paths=data_paths)
         per_datagram = (max_datagram - OVERHEAD - SECTION.size) // STATE.size
         self.sender = BulkSender(core, chunk_records=per_datagram, chunks_per_poll=BULK_CHUNKS_PER_STEP,
                                  skip_port=0 if http_replication else HTTP_PORT, clock=clock,
@@ -228,6 +241,8 @@ class Pair:
         self.link.close()
         if self.data is not None:
             self.data.close()
+        if self.beat is not None:
+            self.beat.close()
 
     def carrier(self, up: bool) -> None:
         """The failover leg's carrier (from netlink): a drop is confirmed over the data legs."""
@@ -253,6 +268,9 @@ class Pair:
     def start(self) -> None:
         self.detector.start(NEGOTIATION_GRACE_MS)   # a rejoining unit must hear the active first
         self.role.start()
+        if self.beat is not None:
+            self.beat.alive()
+            self.beat.publish(self._hello())
 
     def replicating(self) -> bool:
         peer = self.role.peer
@@ -273,7 +291,18 @@ class Pair:
             self._import()
         if self.data is not None:
             self.data.pump(self._on_hello)
-        due = self.detector.hellos_due()
+        looked = None
+        if self.beat is not None:
+            # silence is judged as of now, when we look at what the beat heard: should this
+            # thread lose the GIL before the detector decides, the wait is not a silence
+            looked = self.clock()
+            self.beat.alive()
+            for path, at, unit, rec in self.beat.heard():
+                self._on_hello(path, unit, rec, at=at)
+            if now >= self._beat_tx_due:
+                self._beat_tx_due = now + BEAT_TX_EVERY_MS
+                self._count_beat_tx()
+        due = self.detector.hellos_due() if self.beat is None else ()
         if due:
             hello = self._hello()
             for path in due:
@@ -282,7 +311,7 @@ class Pair:
                     self.tables.sent(HELLO)
                 elif self.data is not None:
                     self.data.send(path, hello)
-        for event, reason in self.detector.poll():
+        for event, reason in self.detector.poll(looked):
             if event.name == "PEER_SILENT":
                 self.sender.abort("peer silent")
                 self._reset_link("peer silent")
@@ -292,8 +321,25 @@ class Pair:
             for rec in self.neighbours.outgoing(now, self.replicating()):
                 self.transport.send(NEIGH, rec, now)
         self.transport.poll(now)
+        if self.beat is not None:
+            self.beat.publish(self._hello())    # what the beat's next hellos say
+
+    def _count_beat_tx(self) -> None:
+        """The beat's sent hellos into the detector's and the tables' counts, as if sent here."""
+        c = self.beat.counters()
+        for path in self.beat.paths:
+            n = c.get(f"tx_{path}", 0) - self._beat_tx[path]
+            if n > 0:
+                self._beat_tx[path] += n
+                self.detector.counters[f"hellos_tx_{path}"] += n
+                if path == FAILOVER:
+                    self.tables.sent(HELLO, n=n)
 
     def send_hello(self, now: int) -> None:
+        if self.beat is not None:
+            self.beat.publish(self._hello())
+            self.beat.send_now()
+            return
         self.transport.send_unreliable(HELLO, (self._hello(),), now)
         self.tables.sent(HELLO)
 
@@ -339,14 +385,15 @@ class Pair:
             return
         self._inbox.append((action, rec))
 
-    def _on_hello(self, path: str, unit: int, rec: wire.Hello) -> None:
-        """A hello of the peer on ``path``: the detector hears it there, the role judges it."""
+    def _on_hello(self, path: str, unit: int, rec: wire.Hello, at: int | None = None) -> None:
+        """A hello of the peer on ``path`` (heard ``at``, default now): the detector hears it
+        there, the role judges it."""
         try:
             state = RoleState(rec.role)
         except ValueError:
             self.counters["bad_hello"] += 1
             return
-        self.detector.hello(path)
+        self.detector.hello(path, at=at)
         self.tables.received(HELLO)
         new_peer = self.role.peer is None
         self.role.on_peer(state, rec.state, unit, bool(rec.flags & F_YIELDING),
@@ -525,4 +572,6 @@ class Pair:
         if self.data is not None:
             out.update({f"data_{k}": v for k, v in self.data.counters.items()})
             out.update({f"data_wire_{k}": v for k, v in self.data.wire_counters.as_dict().items() if v})
+        if self.beat is not None:
+            out.update({f"beat_{k}": v for k, v in self.beat.counters().items()})
         return out

@@ -337,6 +337,7 @@ def test_failover_loads(tmp_path):
                                  (("inside", "198.18.1.3"), ("outside", "198.19.1.3")), 7,
                                  (("inside", "02:4e:50:07:00:01"), ("outside", "02:4e:50:07:00:02")))
     assert KEY_HEX not in repr(fo)                 # the key never shows in a log line
+    assert (fo.beat_local, fo.beat_peer) == (("198.18.255.1", 7789), ("198.18.255.2", 7789))
 
 
 def test_failover_defaults_and_key_file(tmp_path):
@@ -380,6 +381,8 @@ BAD_FAILOVER = [
      L_FO_PEER, "failover.peer", "port must be"),
     ("bad local address", lambda t: replace_line(t, L_FO_LOCAL, 'local = "198.18.255.300:1"'),
      L_FO_LOCAL, "failover.local", "bad IPv4 address"),
+    ("no port left for the hellos", lambda t: replace_line(t, L_FO_LOCAL, 'local = "198.18.255.1:65535"'),
+     L_FO_LOCAL, "failover.local", "port 65535 leaves no port for the hellos"),
     ("failover on a data leg", lambda t: replace_line(t, L_FO_IF, 'interface = "in0"'), L_FO_IF,
      "failover.interface", "is a data leg"),
     ("priority", lambda t: replace_line(t, L_FO_PRIO, "priority = 300"), L_FO_PRIO,

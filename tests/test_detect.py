@@ -220,3 +220,35 @@ def test_the_first_hello_back_on_a_data_path_is_no_split_link():
     clock.t += 1
     ev = run(det, clock, 3 * HOLD, peer_paths=(FAILOVER, "inside"))
     assert ev == [] and det.counters["split_link"] == 0
+
+
+def test_silence_counts_from_when_the_hello_was_heard_not_read():
+    """The hello process stamps each hello on arrival; a loop that reads it late must not
+    stretch the hold time by its lateness (nor shrink max_silence_ms)."""
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    det.hello(FAILOVER, at=clock.t)
+    clock.t += 30
+    det.hello("inside", at=clock.t - 25)             # heard 5 ms after the last, read 25 ms late
+    assert det.last["inside"] == clock.t - 25 and det.last_any == clock.t - 25
+    assert det.counters["max_silence_ms"] == 5
+    det.hello(FAILOVER, at=clock.t - 28)             # an older one read after a newer: no step back
+    assert det.last_any == clock.t - 25
+    clock.t += HOLD - 26
+    assert det.poll() == []
+    clock.t += 1                                     # HOLD after it was heard
+    assert [e for e, _ in det.poll()] == [Ev.PEER_SILENT]
+    det.hello(FAILOVER, at=clock.t + 50)             # a time in the future is taken as now
+    assert det.last[FAILOVER] == clock.t
+
+
+def test_silence_is_judged_as_of_when_the_caller_looked():
+    """A loop that looked at the hellos heard, then stalled 30 ms before asking, sees no
+    silence that was only its own stall; asked as of a later look, it does."""
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    det.hello(FAILOVER, at=clock.t)
+    looked = clock.t + HOLD - 5
+    clock.t = looked + 30                            # the stall
+    assert det.poll(looked) == []
+    assert [e for e, _ in det.poll(looked + 5)] == [Ev.PEER_SILENT]

@@ -115,7 +115,7 @@ def test_cut_failover_link_keeps_one_active_and_replication_resumes(pair, how):
     lab_, units = pair
     for u in (FW_A, FW_B):
         c = ask(lab_, u, "counters")["replication"]
-        assert c.get("data_rx_inside", 0) > 0 and c.get("data_rx_outside", 0) > 0, c
+        assert c.get("beat_rx_inside", 0) > 0 and c.get("beat_rx_outside", 0) > 0, c
     cut(lab_, how)
     seen = []
     echo = ask_ = None

@@ -179,8 +179,9 @@ def test_the_standby_converges_over_a_lossy_failover_link(request):
     assert converged(a, b, 30, counters=True) is None
 
 
-# Run in fw-a's namespace: capture what fw-a sends to fw-b's failover port for a while,
-# then send from fw-a's address and port: the captured datagrams again (replayed), cut
+# Run in fw-a's namespace: capture what fw-a sends to fw-b's failover ports for a while (the
+# stream's, and the beat's hellos on port + 1, replication/beat.py), then send each from
+# fw-a's address and its port to the port it went to: the captured datagrams again (replayed), cut
 # short (truncated: the length field no longer matches), cut below the header (short), with
 # the next version, with one byte of the body flipped (the MAC no longer matches), and an INSERT
 # of a made-up state sealed under another key (forged). One JSON line: what was sent.
@@ -192,17 +193,17 @@ HOSTILE = textwrap.dedent("""\
     src, dst, port, unit = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     got = sniff(iface=sys.argv[5], timeout=1.0,
                 lfilter=lambda p: UDP in p and p[IP].src == src and p[IP].dst == dst)
-    data = [bytes(p[UDP].payload) for p in got][-20:]
+    data = [(bytes(p[UDP].payload), p[UDP].dport) for p in got][-20:]
     l3 = conf.L3socket()
-    def out(payload):
-        l3.send(IP(src=src, dst=dst) / UDP(sport=port, dport=port) / Raw(payload))
-    for d in data:
-        out(d)
-    for d in data[:5]:
-        out(d[:-1])
-        out(d[:30])
-        out(bytes(d[:4]) + bytes([wire.VERSION + 1]) + bytes(d[5:]))
-        b = bytearray(d); b[50] ^= 1; out(bytes(b))
+    def out(payload, to=port):
+        l3.send(IP(src=src, dst=dst) / UDP(sport=to, dport=to) / Raw(payload))
+    for d, to in data:
+        out(d, to)
+    for d, to in data[:5]:
+        out(d[:-1], to)
+        out(d[:30], to)
+        out(bytes(d[:4]) + bytes([wire.VERSION + 1]) + bytes(d[5:]), to)
+        b = bytearray(d); b[50] ^= 1; out(bytes(b), to)
     forged = StateRecord(id=4242, creator=unit, proto=17, tcp_state=0, flags=0,
                          keys=(Key(0xC6120164, 0xC613010A, 4242, 53, 17, 0),
                                Key(0xC613010A, 0xC6130101, 53, 4242, 17, 1)),
@@ -236,11 +237,14 @@ def test_forged_replayed_truncated_and_wrong_version_datagrams_are_refused_and_c
     assert sent["replayed"] >= 10, sent
     time.sleep(0.5)
     after = ask(b, "counters")["replication"]
-    d = {k: after.get(k, 0) - before.get(k, 0) for k in REASONS}
+    # the stream's codec and the beat's (beat_wire_*) between them refused every one
+    d = {k: after.get(k, 0) - before.get(k, 0) + after.get(f"beat_wire_{k}", 0)
+         - before.get(f"beat_wire_{k}", 0) for k in REASONS}
     assert d["replay"] + d["stale"] == sent["replayed"], d
     assert d["bad_length"] == d["short"] == d["bad_version"] == sent["cut"], d
     assert d["bad_mac"] == sent["cut"] + 1, d           # the flipped bytes and the forged INSERT
-    assert after["rx_dropped"] - before["rx_dropped"] == sum(d.values())
+    assert (after["rx_dropped"] - before["rx_dropped"] + after["beat_rx_rejected_failover"]
+            - before["beat_rx_rejected_failover"]) == sum(d.values())
     # no table changed: fw-b holds what it held, not the forged state; the pair is intact
     assert compare(table, export(b), counters=False) is None
     assert (4242, ask(a, "status")["creator_id"]) not in {

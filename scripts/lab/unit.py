@@ -7,7 +7,8 @@ inside its namespace; it is ready when its NFQUEUE rule is there and its control
 (the socket is bound last, after the rules and the sysctls).
 
 With ``failover=True`` the unit joins the pair (``failover_config``): its failover leg fo0 on
-fo-sw, UDP port FAILOVER_PORT on its fo0 address, the peer the other unit's, one key for the
+fo-sw, UDP port FAILOVER_PORT on its fo0 address (the stream; its beat process's hellos use
+FAILOVER_PORT + 1 there and FAILOVER_PORT on the data legs), the peer the other unit's, one key for the
 lab in <run dir>/failover.key, fw-a of priority 110 and fw-b 100, hellos on the data legs too
 (peer_inside, peer_outside: the other unit's own in0 and out0 addresses), virtual MACs on (the
 default), and the topology's virtual addresses (inside gateway, NAT address) as [[failover.vip]].

@@ -1,0 +1,361 @@
+"""The hello process: a pair's hellos sent and heard outside the daemon's GIL.
+
+Owns ``Beat`` (the daemon's handle) and ``main`` (``python -m replication.beat``, the
+process itself). The daemon's replication thread runs at SCHED_FIFO, but it needs the
+GIL, which the feed, control and neighbour threads (SCHED_OTHER) hold between their C
+calls and may keep while an ordinary task preempts them: a priority inversion that made
+the active's hellos 20-500 ms late under load and the standby take over. The beat
+process has its own interpreter and GIL, runs at SCHED_FIFO and does only this:
+
+- every ``poll_ms`` (from our hello) one HELLO on each path: the failover link, on a port
+  of its own (the stream's port + 1, so the transport's socket and replay window are
+  untouched), and each data leg (the sockets replication.datapath.DataHellos held, on
+  the failover port: dataplane.rules.HelloAccept lets them past NFQUEUE); each path has
+  its own Codec (HMAC-SHA256 under the failover key, its own epoch and replay window);
+- every valid HELLO from the peer's address on a path: its receive time (CLOCK_MONOTONIC)
+  and content into that path's slot of the shared block; forged, replayed, foreign or
+  non-HELLO datagrams are counted per reason and per path, never passed on;
+- it sends only what the daemon wrote (``Block.ours``), only while the daemon runs (not
+  stopped: SIGSTOP, a power cut's freeze, a debugger; /proc/<pid>/stat) and its
+  replication thread is stepping (``beatshm.STALE_MS``): a frozen or hung daemon falls
+  silent (counted: held_daemon_stopped, held_daemon_stuck).
+
+The block (replication.beatshm) lives in a memfd the daemon passes (``--fd``); the
+config (key, unit id, paths, the daemon's pid) comes as one JSON line on stdin. stdin
+then stays the daemon's pipe: a byte means "send a hello now" (the switchover), EOF
+means the daemon is gone (a crash too: the kernel closes its end), and the beat exits;
+PR_SET_PDEATHSIG is the second guard. Readiness (sockets bound) or the start error
+comes back on ``--ready`` (a pipe fd), so the daemon fails to start as it did when it
+bound the data-leg sockets itself.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import mmap
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from replication import beatshm, wire
+from replication.beatshm import Block, Heard
+from replication.counters import Counters
+from replication.wire import HELLO, Codec, Message
+
+RT_PRIORITY = 20                # above the daemon's replication thread (10)
+START_TIMEOUT_S = 10
+RX_BURST = 64                   # datagrams read per socket per wake: a flood cannot pin the CPU
+PR_SET_PDEATHSIG = 1
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+# ---- the daemon's side ----
+
+class Beat:
+    """Starts the beat process and talks to it through the block. ``paths``: (name,
+    local (address, port), peer (address, port)), names from ``beatshm.PATHS``."""
+
+    def __init__(self, key: bytes, unit: int, paths, *, rt_priority: int = RT_PRIORITY):
+        for name, _, _ in paths:
+            if name not in beatshm.PATHS:
+                raise ValueError(f"unknown beat path {name!r}")
+        self.paths = tuple(name for name, _, _ in paths)
+        self.data_paths = tuple(n for n in self.paths if n != beatshm.PATHS[0])
+        self._last: dict[str, int] = dict.fromkeys(self.paths, 0)
+        self._ours: wire.Hello | None = None
+        self._fd = os.memfd_create("natpair-beat")
+        self._wake = self._proc = None
+        try:
+            os.ftruncate(self._fd, beatshm.SIZE)
+            self._mm = mmap.mmap(self._fd, beatshm.SIZE)
+            self.block = Block(self._mm)
+            self.block.init()
+            cfg = {"key": bytes(key).hex(), "unit": unit, "parent": os.getpid(),
+                   "rt_priority": rt_priority,
+                   "paths": [[n, list(local), list(peer)] for n, local, peer in paths]}
+            self._start(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, cfg: dict) -> None:
+        cmd_r, self._wake = os.pipe()
+        ready_r, ready_w = os.pipe()
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "replication.beat", "--fd", str(self._fd),
+                 "--ready", str(ready_w)], stdin=cmd_r, pass_fds=(self._fd, ready_w), env=env)
+        finally:
+            os.close(cmd_r)
+            os.close(ready_w)
+        try:
+            os.write(self._wake, json.dumps(cfg).encode() + b"\n")
+            os.set_blocking(self._wake, False)
+            answer = b""
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not answer.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([ready_r], [], [], left)[0]:
+                    raise RuntimeError(f"the beat process did not start within {START_TIMEOUT_S} s")
+                chunk = os.read(ready_r, 4096)
+                if not chunk:
+                    break
+                answer += chunk
+        finally:
+            os.close(ready_r)
+        text = answer.decode(errors="replace").strip()
+        if text != "ready":
+            raise RuntimeError(f"beat: {text or 'exited at start'}")
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def alive(self, now_ns: int | None = None) -> None:
+        """The replication thread is stepping (the beat goes quiet if this stops)."""
+        self.block.set_alive(time.monotonic_ns() if now_ns is None else now_ns)
+
+    def publish(self, hello: wire.Hello) -> None:
+        """What our hellos say from now on (written only when it changed)."""
+        if hello != self._ours:
+            self.block.set_ours(hello)
+            self._ours = hello
+
+    def send_now(self) -> None:
+        """A hello on every path at once (the switchover's want/yield)."""
+        try:
+            os.write(self._wake, b"!")
+        except BlockingIOError:         # a full pipe: wake-ups already wait
+            pass
+
+    def heard(self) -> list[tuple[str, int, int, wire.Hello]]:
+        """(path, heard at in monotonic ms, peer unit, hello) for each path that heard a
+        new hello since the last call (the latest one of each)."""
+        out = []
+        for path in self.paths:
+            try:
+                h = self.block.heard(path)
+            except beatshm.Torn:        # rewritten all the time: read it at the next step
+                continue
+            if h is not None and h.count != self._last[path]:
+                self._last[path] = h.count
+                out.append((path, h.heard_ns // 1_000_000, h.unit, h.hello))
+        return out
+
+    def counters(self) -> dict[str, int]:
+        c = self.block.counters()
+        others = tuple(f"_{p}" for p in beatshm.PATHS if p not in self.paths)
+        return {k: v for k, v in c.items()
+                if (v if k.startswith("wire_") else not k.endswith(others) if others else True)}
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def close(self) -> None:
+        if self._wake is not None:
+            os.close(self._wake)        # EOF: the beat exits
+            self._wake = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if getattr(self, "_mm", None) is not None:
+            self._mm.close()
+            self._mm = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# ---- the process ----
+
+class _Path:
+    def __init__(self, name: str, local, peer, key: bytes, unit: int, block: Block):
+        self.name, self.peer = name, (peer[0], int(peer[1]))
+        self.block = block
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        try:
+            self.sock.bind((local[0], int(local[1])))
+        except OSError as e:
+            self.sock.close()
+            raise OSError(e.errno, f"hellos on {name}: cannot bind {local[0]}:{local[1]}: "
+                          f"{e.strerror}") from None
+        self.codec = Codec(key, unit, counters=_BlockCounters(block))
+        self.xmit = 0
+        self.count = 0
+        self.last_ns = 0
+
+    def send(self, hello: wire.Hello) -> None:
+        self.xmit += 1
+        msg = Message(unit=self.codec.unit, epoch=self.codec.epoch, xmit=self.xmit,
+                      sections=((HELLO, (hello,)),))
+        try:
+            self.sock.sendto(self.codec.encode(msg), self.peer)
+            self.block.bump(f"tx_{self.name}")
+        except OSError:                 # the leg is down or gone: like a loss on the wire
+            self.block.bump(f"tx_errors_{self.name}")
+
+    def receive(self) -> None:
+        for _ in range(RX_BURST):
+            try:
+                data, addr = self.sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:             # ICMP errors reported on the socket
+                self.block.bump(f"rx_socket_errors_{self.name}")
+                continue
+            at = time.monotonic_ns()
+            if addr[0] != self.peer[0]:
+                self.block.bump(f"rx_wrong_source_{self.name}")
+                continue
+            msg = self.codec.decode(data)
+            if msg is None:
+                self.block.bump(f"rx_rejected_{self.name}")
+                continue
+            hellos = [r for action, recs in msg.sections if action == HELLO for r in recs]
+            if not hellos or len(msg.sections) != 1:
+                self.block.bump(f"rx_not_hello_{self.name}")
+                continue
+            self.count += 1
+            self.block.set_heard(self.name, Heard(self.count, at, msg.unit, hellos[-1]))
+            self.block.bump(f"rx_{self.name}")
+            if self.last_ns:
+                self.block.set_max(f"rx_gap_max_ms_{self.name}", (at - self.last_ns) // 1_000_000)
+            self.last_ns = at
+
+
+class _BlockCounters(Counters):
+    """The codec's drop reasons, counted in the block too (``wire_<reason>``)."""
+
+    def __init__(self, block: Block):
+        super().__init__(wire.REASONS + ("rx_ok", "rx_dropped"))
+        self.block = block
+
+    def bump(self, name: str, n: int = 1) -> None:
+        super().bump(name, n)
+        if f"wire_{name}" in beatshm.COUNTERS:
+            self.block.bump(f"wire_{name}", n)
+
+
+def _read_line(fd: int) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise EOFError("the daemon closed the pipe before the config")
+        line += chunk
+    return line
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+    if os.getppid() != parent:          # it died before the prctl
+        os._exit(0)
+
+
+def _ours(block: Block, last: wire.Hello | None) -> wire.Hello | None:
+    try:
+        return block.ours()
+    except beatshm.Torn:                # being rewritten: what it said a moment ago
+        return last
+
+
+def _running(stat: str) -> bool:
+    """The process of /proc/<pid>/stat ``stat`` is not stopped (SIGSTOP, traced) nor gone."""
+    try:
+        with open(stat, "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"T", b"t", b"Z", b"X")
+
+
+def run(block: Block, paths: list[_Path], cmd_fd: int, parent: int) -> None:
+    parent_stat = f"/proc/{parent}/stat"
+    next_send = 0
+    socks = {p.sock.fileno(): p for p in paths}
+    fds = [cmd_fd, *socks]
+    ours = None
+    while True:
+        now = monotonic_ms()
+        ours = _ours(block, ours)
+        now_asked = False
+        wait_ms = 5 if ours is None else max(0, next_send - now)     # none yet: look again soon
+        ready = select.select(fds, [], [], wait_ms / 1000)[0]
+        for fd in ready:
+            if fd == cmd_fd:
+                if not os.read(cmd_fd, 4096):
+                    return                  # the daemon is gone
+                now_asked = True
+            else:
+                socks[fd].receive()
+        now = monotonic_ms()
+        ours = _ours(block, ours)
+        if ours is None or not (now_asked or now >= next_send):
+            continue
+        if next_send and not now_asked:
+            block.set_max("tx_late_max_ms", now - next_send)
+        next_send = now + max(1, ours.poll_ms)      # no catch-up bursts
+        if not _running(parent_stat):
+            block.bump("held_daemon_stopped")       # frozen: the peer must see it dead
+            continue
+        if time.monotonic_ns() - block.alive() > beatshm.STALE_MS * 1_000_000:
+            block.bump("held_daemon_stuck")         # the daemon's loop is stuck: likewise
+            continue
+        for p in paths:
+            p.send(ours)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fd", type=int, required=True, help="the memfd of the shared block")
+    ap.add_argument("--ready", type=int, required=True, help="a pipe: 'ready' or the start error")
+    a = ap.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # the daemon's ^C is the daemon's to handle
+    paths: list[_Path] = []
+    try:
+        cfg = json.loads(_read_line(0))
+        _die_with_parent(int(cfg["parent"]))
+        block = Block(mmap.mmap(a.fd, beatshm.SIZE))
+        block.check()
+        key = bytes.fromhex(cfg["key"])
+        for name, local, peer in cfg["paths"]:
+            paths.append(_Path(name, local, peer, key, int(cfg["unit"]), block))
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(cfg["rt_priority"])))
+        except OSError as e:
+            print(f"beat: SCHED_FIFO refused ({e}), running at normal priority", file=sys.stderr)
+    except Exception as e:
+        os.write(a.ready, f"{e}\n".encode())
+        return 1
+    os.write(a.ready, b"ready\n")
+    os.close(a.ready)
+    try:
+        run(block, paths, 0, int(cfg["parent"]))
+    finally:
+        for p in paths:
+            p.sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
