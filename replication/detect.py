@@ -118,9 +118,10 @@ class Detector:
             self.counters[f"hellos_tx_{p}"] += 1
         return paths
 
-    def next_deadline(self) -> int:
-        """The latest time the caller should call ``hellos_due``/``poll`` again."""
-        d = [self._next_send]
+    def next_deadline(self, sending: bool = True) -> int:
+        """The latest time the caller should call ``hellos_due``/``poll`` again (``sending``
+        False: the caller's hellos go out elsewhere, a beat process; only ``poll``'s)."""
+        d = [self._next_send] if sending else [self.clock() + self.poll_ms]
         if not self.silent:
             d.append(max(self.last_any + self.hold_ms, self._quiet_until))
         if self._confirm_deadline is not None:

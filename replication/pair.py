@@ -224,7 +224,7 @@ class Pair:
         now = self.clock() if now is None else now
         if self._offered or self._inbox or self.sender.state is bulk.SenderState.SENDING:
             return 0
-        d = [now + IDLE_WAIT_MAX_MS, self.detector.next_deadline()]
+        d = [now + IDLE_WAIT_MAX_MS, self.detector.next_deadline(sending=self.beat is None)]
         t = self.transport.next_deadline(now)
         if t is not None:
             d.append(t)

@@ -332,6 +332,10 @@ def test_pairs_with_beats_negotiate_and_the_standby_takes_over_a_silent_active(b
         assert b.pair.detector.counters["hellos_rx_failover"] > 0
         assert b.pair.detector.counters["hellos_rx_inside"] > 0
         assert b.pair.replication_counters()["beat_rx_inside"] > 0
+        assert run([a, b], lambda: a.pair.transport.idle() and b.pair.transport.idle())
+        a.step()
+        # an idle loop waits (its hellos are the beat's: no send timer of its own to spin on)
+        assert a.pair.next_wake_ms() > 0 and b.pair.next_wake_ms() > 0
         a.alive = False                     # a stops stepping: its beat goes on for STALE_MS
         ba.close()                          # ... unless it is gone: the active is dead
         assert run([b], lambda: b.pair.role.is_active, 3)
