@@ -155,8 +155,10 @@ class Detector:
             LOG.info("%s peer back path=%s", self.name, path)
         if path == FAILOVER:
             self.split = False
-        elif self._confirm_deadline is not None:
+        elif self._confirm_deadline is not None and now > self.carrier_down_at:
             # the carrier dropped, yet the peer answers here: the link is cut, the peer lives
+            # (a hello heard before the drop, read after it, proves nothing: the beat
+            # process stamps hellos when they arrive, the loop reads them later)
             self._confirm_deadline = None
             self._split(f"carrier down, hello on {path}")
 

@@ -252,3 +252,22 @@ def test_silence_is_judged_as_of_when_the_caller_looked():
     clock.t = looked + 30                            # the stall
     assert det.poll(looked) == []
     assert [e for e, _ in det.poll(looked + 5)] == [Ev.PEER_SILENT]
+
+
+def test_a_data_hello_heard_before_the_carrier_drop_is_no_split():
+    """The beat process stamps a hello when it arrives; the loop may read it after the
+    carrier event: heard before the drop, it is no sign that the peer lives on."""
+    t = [1000]
+    d = Detector(poll_ms=5, hold_ms=200, clock=lambda: t[0], data_paths=("inside", "outside"))
+    d.start(0)
+    for p in ("failover", "inside", "outside"):
+        d.hello(p)
+    d.poll()
+    t[0] = 1003
+    d.carrier(False)
+    d.hello("outside", at=1002)                 # heard before the drop, read after it
+    assert not d.split
+    t[0] = 1013                                 # confirm_polls (2) x poll later: silent
+    events = [e.name for e, _ in d.poll()]
+    assert events == ["PEER_LINK_DOWN", "PEER_SILENT"] or events == ["PEER_SILENT"], events
+    assert d.counters["silent_carrier"] == 1 and d.counters["split_link"] == 0
