@@ -194,10 +194,11 @@ def standby(n: int, ports, max_datagram: int, conn) -> None:
     conn.close()
 
 
-def bench_pair(n: int, max_datagram: int, active_core: Core) -> None:
-    ports = free_ports(2)
-    pair = Pair(active_core, threading.RLock(), unit_id=1, key=KEY, local=("127.0.0.1", ports[0]),
-                peer=("127.0.0.1", ports[1]), hold_ms=200, max_datagram=max_datagram, name="a")
+def start_active(core: Core, ports: list[int], lock=None, **kw):
+    """The active Pair "a" on ports[0] (peer: ports[1]) with its replication thread running,
+    once it is active: (pair, stop event, cpu list, thread)."""
+    pair = Pair(core, lock or threading.RLock(), unit_id=1, key=KEY, local=("127.0.0.1", ports[0]),
+                peer=("127.0.0.1", ports[1]), hold_ms=200, name="a", **kw)
     pair.start()
     stop, cpu = threading.Event(), [0.0]
     t = threading.Thread(target=loop, args=(pair, stop, cpu), daemon=True)
@@ -205,6 +206,12 @@ def bench_pair(n: int, max_datagram: int, active_core: Core) -> None:
     while not pair.role.is_active:
         time.sleep(0.01)
     pair.detector.hold_ms = 2000            # a busy standby must not look dead
+    return pair, stop, cpu, t
+
+
+def bench_pair(n: int, max_datagram: int, active_core: Core) -> None:
+    ports = free_ports(2)
+    pair, stop, cpu, t = start_active(active_core, ports, max_datagram=max_datagram)
     cpu_start = cpu[0]
     here, there = mp.Pipe()
     child = mp.get_context("fork").Process(target=standby, args=(n, ports, max_datagram, there))

@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from dataplane.core import Core  # noqa: E402
-from scripts.bench_bulk import INSIDE, KEY, free_ports, loop, make_core, udp  # noqa: E402
+from scripts.bench_bulk import INSIDE, KEY, free_ports, loop, make_core, start_active, udp  # noqa: E402
 from replication.fsm import monotonic_ms  # noqa: E402
 from replication.pair import Pair  # noqa: E402
 
@@ -88,15 +88,7 @@ def main() -> int:
     core = make_core(1, n)
     core.set_journal(True)
     lock = threading.RLock()
-    pair = Pair(core, lock, unit_id=1, key=KEY, local=("127.0.0.1", ports[0]),
-                peer=("127.0.0.1", ports[1]), hold_ms=200, name="a")
-    pair.start()
-    stop, cpu = threading.Event(), [0.0]
-    t = threading.Thread(target=loop, args=(pair, stop, cpu), daemon=True)
-    t.start()
-    while not pair.role.is_active:
-        time.sleep(0.01)
-    pair.detector.hold_ms = 2000
+    pair, stop, cpu, t = start_active(core, ports, lock)
     here, there = mp.Pipe()
     child = mp.get_context("fork").Process(target=standby, args=(n, ports, there))
     child.start()
