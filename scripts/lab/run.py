@@ -611,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"The lab stays up: {' '.join(n for n in topo.namespaces() if n in build.existing_namespaces())}\n"
               f"  the survivor is active alone; logs and configs: {rdir}\n"
+              f"  Look at it: {' ; '.join(f'scripts/natpair show failover --socket {rdir}/{u}.sock' for u in UNITS if topo.ns(u) in build.existing_namespaces())}\n"
               f"  Bring the dead unit back: sudo make rejoin{down_hint[len('sudo make lab-down'):]}\n"
               f"  Down:  {down_hint}")
         ok = all(r.survived for r in results) and (rejoined is None or "error" not in rejoined)
