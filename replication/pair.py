@@ -218,13 +218,15 @@ class Pair:
 
     def next_wake_ms(self, now: int | None = None) -> int:
         """How long the loop may wait for a datagram before ``step`` has work of its own:
-        0 with work queued or a bulk sync running, else until the transport's or the
+        0 with work queued, 1 ms while a bulk sync runs, else until the transport's or the
         detector's next timer, at most ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin
         every millisecond; offers and switchovers wake it through the wake pipe)."""
         now = self.clock() if now is None else now
-        if self._offered or self._inbox or self.sender.state is bulk.SenderState.SENDING:
+        if self._offered or self._inbox:
             return 0
         d = [now + IDLE_WAIT_MAX_MS, self.detector.next_deadline(sending=self.beat is None)]
+        if self.sender.state is bulk.SenderState.SENDING:
+            d.append(now + 1)                   # waits for acks: turn every ms, never spin
         t = self.transport.next_deadline(now)
         if t is not None:
             d.append(t)
