@@ -43,6 +43,16 @@ def ids(core):
 TIMERS = {"poll_ms": 10, "hold_ms": 400}     # generous: this is not about detection speed
 
 
+def settled(a, b, timeout_s: float = 10.0) -> None:
+    """With the loops running: a active, b standby-ready (on a loaded machine a late hello
+    may have sent b through a re-sync in between; the switchover rightly refuses a cold
+    peer, which is not what these tests are about)."""
+    deadline = time.monotonic() + timeout_s
+    while not (a.pair.role.state is RoleState.ACTIVE and b.pair.role.state is RoleState.STANDBY_READY):
+        assert time.monotonic() < deadline, (a.pair.role.state, b.pair.role.state)
+        time.sleep(0.005)
+
+
 def pair_ready(units_):
     a, b = units_(**TIMERS)
     a.pair.start()
@@ -61,6 +71,7 @@ def test_standby_on_the_active_hands_over_with_every_change(units):
     a, b = pair_ready(units)
     loops = [Loop(a), Loop(b)]
     try:
+        settled(a, b)
         for port in range(41000, 41200):
             a.flow(port)            # drained into the offer queue, not yet submitted
         result, error = wait(a.pair.switchover.post("standby"))
@@ -89,6 +100,7 @@ def test_active_on_the_ready_standby_takes_the_role(units):
     a, b = pair_ready(units)
     loops = [Loop(a), Loop(b)]
     try:
+        settled(a, b)
         result, error = wait(b.pair.switchover.post("active"))
     finally:
         for lp in loops:
