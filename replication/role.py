@@ -168,6 +168,12 @@ TABLE: dict[tuple[RoleState, RoleEvent], RoleState] = {
     (St.STANDBY_READY, Ev.PEER_LINK_DOWN): St.STANDBY_READY,      # a hint: wait for the confirmation
     (St.STANDBY_READY, Ev.DATA_LINK_PEER_ALIVE): St.STANDBY_READY,  # split link: no takeover
     (St.STANDBY_READY, Ev.PREEMPT): St.ACTIVE,
+    # a re-sync while ready (the active's stream skipped: our link reset, it restarted
+    # its stream): the table stays live, missing at most what the stream skipped, and
+    # the bulk only adds and purges at its end, so we stay ready to take over
+    (St.STANDBY_READY, Ev.BULK_START): St.STANDBY_READY,
+    (St.STANDBY_READY, Ev.BULK_DONE): St.STANDBY_READY,
+    (St.STANDBY_READY, Ev.BULK_FAILED): St.STANDBY_READY,
     (St.STANDBY_READY, Ev.MANUAL_ACTIVE): St.ACTIVE,
     (St.STANDBY_READY, Ev.MANUAL_STANDBY): St.STANDBY_READY,
     (St.STANDBY_READY, Ev.SELF_FAULT): St.FAILED,

@@ -106,7 +106,7 @@ REFUSED = [
     (St.STANDBY_COLD, Ev.BULK_DONE), (St.STANDBY_COLD, Ev.PREEMPT),
     (St.STANDBY_COLD, Ev.NEGOTIATION_WON),
     (St.BULK_SYNC, Ev.PREEMPT), (St.BULK_SYNC, Ev.NEGOTIATION_WON),
-    (St.STANDBY_READY, Ev.BULK_DONE), (St.STANDBY_READY, Ev.BULK_START),
+    (St.STANDBY_READY, Ev.START), (St.STANDBY_READY, Ev.REJOIN),
     (St.FAILED, Ev.MANUAL_ACTIVE), (St.FAILED, Ev.BULK_DONE), (St.FAILED, Ev.START),
     (St.FAILED, Ev.PREEMPT),
 ]
@@ -465,6 +465,17 @@ def test_rejoin_failed_cold_bulk_ready():
                     (1010, St.ACTIVE, St.FAILED), (1020, St.FAILED, St.STANDBY_COLD),
                     (1030, St.STANDBY_COLD, St.BULK_SYNC), (1040, St.BULK_SYNC, St.STANDBY_READY)]
     assert a.status()["state"] == "STANDBY_READY"
+
+
+def test_a_ready_standby_that_re_syncs_stays_ready_and_may_take_over_mid_sync():
+    """Its table stays live through the re-sync (the bulk adds, and purges only at its end)."""
+    a, b = active_and_ready()
+    for event in (Ev.BULK_START, Ev.BULK_DONE, Ev.BULK_START, Ev.BULK_FAILED, Ev.BULK_START):
+        b.on_bulk(event, "stream skipped")
+        assert b.state is St.STANDBY_READY
+    assert b.machine.refused_total == 0
+    b.on_detect(Ev.PEER_SILENT, "hold expired")
+    assert b.state is St.ACTIVE and b.counters["takeovers"] == 1
 
 
 def test_bulk_failure_goes_back_to_cold_and_a_lost_source_aborts_the_bulk():
