@@ -121,6 +121,7 @@ class SystemRun:
     filled: dict[int, dict] = field(default_factory=dict)              # size -> counts, times
     lags: list[dict] = field(default_factory=list)                     # LagHistogram snapshots
     cps: dict[str, float] = field(default_factory=dict)                # "off"/"on" -> conn/s
+    memory: dict[int, dict] = field(default_factory=dict)              # size -> memory()
     swaps: int = 0                      # rejoins after which the rejoined unit went active
     errors: list[str] = field(default_factory=list)
 
@@ -532,12 +533,13 @@ def _udpfill(topo: Topology, first: int, last: int, pps: int) -> None:
         raise BenchError(f"udpfill: {r.stderr.strip()[-200:]}")
 
 
-def fill(topo: Topology, sys_, active: str, standby: str, size: int, pps: int,
+def fill(topo: Topology, sys_, active: str, standby: str | None, size: int, pps: int,
          timeout_s: float, done: int = 0) -> dict:
     """Fill the active's table with flows [done, size) so that it holds `size` UDP states,
-    and wait until the standby holds them. In chunks of about a second of packets: a chunk
-    that did not all become states is sent again at half the rate (what the unit cannot
-    take is dropped: a queue that is full fails closed); a chunk that did goes on faster."""
+    and wait until the standby holds them (`standby` None: the active is alone, no wait).
+    In chunks of about a second of packets: a chunk that did not all become states is sent
+    again at half the rate (what the unit cannot take is dropped: a queue that is full fails
+    closed); a chunk that did goes on faster."""
     t0 = time.monotonic()
     rate, lo, resent = pps, done, 0
     while lo < size:
@@ -561,15 +563,77 @@ def fill(topo: Topology, sys_, active: str, standby: str, size: int, pps: int,
         lo = hi
     held = sys_.held(active, standby=False)
     fill_s = time.monotonic() - t0
+    out = {"active": held, "standby": None, "resent_chunks": resent, "fill_s": round(fill_s, 2),
+           "last_rate_pps": rate, "states_per_s": round((size - done) / max(fill_s, 1e-3)),
+           "replicated_s": None, "complete": True, "alone": standby is None}
+    if standby is None:
+        return out
     want = 0.99 * sys_.replicable(active)
     deadline = time.monotonic() + timeout_s
     while (got := sys_.held(standby, standby=True)) < want:
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    rep_s = time.monotonic() - t0
-    return {"active": held, "standby": got, "resent_chunks": resent, "fill_s": round(fill_s, 2),
-            "last_rate_pps": rate, "replicated_s": round(rep_s, 2), "complete": got >= want}
+    out.update(standby=got, replicated_s=round(time.monotonic() - t0, 2), complete=got >= want)
+    return out
+
+
+def stop_unit(topo: Topology, sys_, unit: str) -> None:
+    """Take `unit` out of the pair (cut as a kill does, its namespace built again, nothing
+    started in it): the active fills alone, at the speed it has with no peer to feed."""
+    sys_.forget(unit)
+    build.power_cut([topo.ns(unit)], log=quiet, links_first=True)
+    build.up_node(topo, unit, log=quiet)
+
+
+def _ns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def memory(topo: Topology) -> dict:
+    """Resident memory (MB) of the processes in each unit's namespace, summed per program
+    (natpair's daemon and its beat process; conntrackd; keepalived), and the kernel's
+    conntrack entries (the nf_conntrack slab, machine-wide: every namespace's)."""
+    units = {_ns_inode(f"/run/netns/{topo.ns(u)}"): u for u in UNITS}
+    units.pop(None, None)
+    out: dict = {u: {} for u in units.values()}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        unit = units.get(_ns_inode(f"/proc/{pid}/ns/net"))
+        if unit is None:
+            continue
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rss = next((int(line.split()[1]) for line in status.splitlines()
+                    if line.startswith("VmRSS:")), 0)
+        prog = Path(cmd[0].decode(errors="replace")).name
+        if prog.startswith("python"):
+            prog = "natpair"                # the daemon and its beat process
+        if rss:
+            out[unit][prog] = round(out[unit].get(prog, 0) + rss / 1024, 1)
+    try:
+        for line in Path("/proc/slabinfo").read_text().splitlines():
+            f = line.split()
+            if f and f[0] == "nf_conntrack":
+                out["kernel nf_conntrack slab"] = round(int(f[2]) * int(f[3]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def fmt_memory(mem: dict) -> str:
+    parts = []
+    for u in UNITS:
+        if mem.get(u):
+            parts.append(f"{u} " + " + ".join(f"{p} {mb:.0f} MB" for p, mb in sorted(mem[u].items())))
+    if "kernel nf_conntrack slab" in mem:
+        parts.append(f"kernel conntrack {mem['kernel nf_conntrack slab']:.0f} MB")
+    return "; ".join(parts) or "n/a"
 
 
 def _stream(ns: str, mode: str, proto: str, port: int, seconds: float) -> subprocess.Popen:
@@ -682,21 +746,48 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
             else Incumbent(topo, max_states, args.advert_ms / 1000))
     try:
         sys_.start(FW_A, 30)
-        sys_.start(FW_B, 60)
+        paired = sizes[0] < args.fill_alone_from
+        if paired:
+            sys_.start(FW_B, 60)
         if isinstance(sys_, Incumbent):
             sys_.settle()
         done = 0
         for size in sizes:
             active = next(u for u in UNITS if sys_.is_active(u))
             standby = next(u for u in UNITS if u != active)
-            f = fill(topo, sys_, active, standby, size, args.fill_pps, args.sync_timeout, done)
+            alone = size >= args.fill_alone_from
+            if alone and paired:
+                stop_unit(topo, sys_, standby)
+                paired = False
+                log(f"{system}: {standby} stopped: {active} fills alone to {size_label(size)}")
+            f = fill(topo, sys_, active, None if alone else standby, size, args.fill_pps,
+                     args.sync_timeout, done)
             done = size
             res.filled[size] = f
             log(f"{system}: {size_label(size)}: active holds {f['active']} states "
-                f"(filled in {f['fill_s']} s, {f['resent_chunks']} chunks sent again, last at "
-                f"{f['last_rate_pps']} packets/s), standby {f['standby']} after "
-                f"{f['replicated_s']} s" + ("" if f["complete"] else " (INCOMPLETE)"))
-            for i in range(args.kills):
+                f"(filled in {f['fill_s']} s, {f['states_per_s']} new states/s, "
+                f"{f['resent_chunks']} chunks sent again, last at {f['last_rate_pps']} "
+                "packets/s), " + ("alone" if alone else
+                                  f"standby {f['standby']} after {f['replicated_s']} s"
+                                  + ("" if f["complete"] else " (INCOMPLETE)")))
+            if alone:
+                # the standby joins and takes the whole table in one bulk sync: that is a
+                # bulk sync time at this size too
+                bulk = sys_.start(standby, args.sync_timeout)
+                paired = True
+                f["standby"] = sys_.held(standby, standby=True)
+                f["complete"] = f["standby"] >= 0.99 * sys_.replicable(active)
+                if bulk is None:
+                    res.swaps += 1
+                    log(f"{system}: {standby} joined, took the table and then the active role")
+                else:
+                    res.bulk_s.setdefault(size, []).append(round(bulk, 3))
+                    log(f"{system}: {standby} joined, standby-ready with {f['standby']} states "
+                        f"{bulk:.2f} s after its start")
+            res.memory[size] = memory(topo)
+            log(f"{system}: {size_label(size)}: memory: {fmt_memory(res.memory[size])}")
+            kills = args.kills_large if alone else args.kills
+            for i in range(kills):
                 k = one_kill(topo, sys_, size, args.sync_timeout)
                 if k.lag:
                     res.lags.append(k.lag)
@@ -705,7 +796,7 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
                     raise BenchError(f"{size_label(size)} kill {i + 1}: {k.dead} cut, and the "
                                      "other unit did not become active within 15 s")
                 tcp = " ".join("-" if g is None else f"{g:.0f}" for g in k.tcp_gaps_ms)
-                log(f"{system}: {size_label(size)} kill {i + 1}/{args.kills}: {k.dead} cut, "
+                log(f"{system}: {size_label(size)} kill {i + 1}/{kills}: {k.dead} cut, "
                     f"takeover {k.takeover_ms:.0f} ms, UDP gap {k.udp_gap_ms} ms "
                     f"(lost {k.udp_lost}), TCP gaps {tcp} ms, bulk {k.bulk_gap_ms} ms, survived "
                     f"{sum(k.tcp_survived)}/{len(k.tcp_survived)}"
@@ -719,6 +810,9 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
                     continue
                 res.bulk_s.setdefault(size, []).append(round(bulk, 3))
                 log(f"{system}: {k.dead} rejoined, standby-ready {bulk:.2f} s after its start")
+            res.memory[size] = memory(topo)
+            log(f"{system}: {size_label(size)}: memory after the kills: "
+                f"{fmt_memory(res.memory[size])}")
     except Exception as e:                # recorded; the bench goes on with the next system
         res.errors.append(f"{type(e).__name__}: {e}" if not isinstance(e, BenchError) else str(e))
         log(f"{system}: stopped: {e}")
@@ -734,6 +828,7 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
 # ---- main --------------------------------------------------------------------------------------
 
 CONNTRACK_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+CONNTRACK_HASHSIZE = Path("/sys/module/nf_conntrack/parameters/hashsize")
 _MAIN_PID = os.getpid()
 
 
@@ -761,7 +856,8 @@ def parse_sizes(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts.bench_failover", description=__doc__.split("\n")[0])
     ap.add_argument("--prefix", default="npf-", help="namespace prefix of the bench's lab")
-    ap.add_argument("--kills", type=int, default=10, help="kills per table size (default 10)")
+    ap.add_argument("--kills", type=int, default=None,
+                    help="kills per table size (default 10; see --kills-large)")
     ap.add_argument("--sizes", type=parse_sizes, default=None,
                     help="table sizes, e.g. 1k,100k,1M (the default)")
     ap.add_argument("--quick", action="store_true", help="3 kills, 1k and 100k states")
@@ -771,6 +867,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-ms", type=int, default=POLL_MS, help="natpair [failover] poll_ms")
     ap.add_argument("--hold-ms", type=int, default=HOLD_MS, help="natpair [failover] hold_ms")
     ap.add_argument("--fill-pps", type=int, default=100_000)
+    ap.add_argument("--fill-alone-from", type=lambda t: parse_sizes(t)[0], default=1_000_000,
+                    help="from this table size on, the active is filled with its standby out, "
+                         "which then joins with one bulk sync (default 1M)")
+    ap.add_argument("--kills-large", type=int, default=None,
+                    help="kills per size from --fill-alone-from on (default: 3, or --kills "
+                         "when that is given; each one is followed by a bulk sync of the "
+                         "whole table)")
     ap.add_argument("--sync-timeout", type=float, default=90.0,
                     help="seconds to wait for the standby to hold the table")
     ap.add_argument("--cps-seconds", type=float, default=3.0)
@@ -778,16 +881,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png", type=Path, default=DEFAULT_PNG)
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = ap.parse_args(argv)
+    if args.kills_large is None:
+        args.kills_large = 3 if args.kills is None else args.kills
     if args.quick:
-        args.kills = 3 if args.kills == 10 else args.kills
+        args.kills = 3 if args.kills is None else args.kills
         args.sizes = args.sizes or list(QUICK_SIZES)
+    args.kills = 10 if args.kills is None else args.kills
     sizes = args.sizes or list(DEFAULT_SIZES)
     systems = args.systems.split(",")
     for s in systems:
         if s not in SYSTEMS:
             ap.error(f"unknown system {s!r} (known: {', '.join(SYSTEMS)})")
-    if args.kills < 1:
-        ap.error("--kills must be at least 1")
+    if args.kills < 1 or args.kills_large < 1:
+        ap.error("--kills and --kills-large must be at least 1")
     if os.geteuid() != 0:
         print("bench-failover: needs root (network namespaces): sudo make bench-failover",
               file=sys.stderr)
@@ -797,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
     build_connrate()
     build_tool(UDPFILL_SRC, UDPFILL)
     max_states = max(65536, int(max(sizes) * 1.5) + 65536)
-    old_max = None
+    old_max = old_hash = None
     t0 = time.monotonic()
     runs: dict[str, SystemRun] = {}
     try:
@@ -807,6 +913,14 @@ def main(argv: list[str] | None = None) -> int:
                 old_max = cur
                 CONNTRACK_MAX.write_text(f"{max_states}\n")
                 log(f"nf_conntrack_max {cur} -> {max_states} for the run (put back at the end)")
+            # the hash table (one for every namespace) at a quarter of the entries or more,
+            # so that 1M states do not make long chains
+            cur = int(CONNTRACK_HASHSIZE.read_text())
+            if cur < max_states // 4:
+                old_hash = cur
+                CONNTRACK_HASHSIZE.write_text(f"{max_states // 4}\n")
+                log(f"nf_conntrack hashsize {cur} -> {max_states // 4} for the run "
+                    "(put back at the end)")
         for system in systems:
             runs[system] = run_system(system, args, sizes, max_states)
     except KeyboardInterrupt:
@@ -817,14 +931,31 @@ def main(argv: list[str] | None = None) -> int:
         if old_max is not None:
             CONNTRACK_MAX.write_text(f"{old_max}\n")
             log(f"nf_conntrack_max back to {old_max}")
+        if old_hash is not None:
+            CONNTRACK_HASHSIZE.write_text(f"{old_hash}\n")
+            log(f"nf_conntrack hashsize back to {old_hash}")
         log(f"lab {args.prefix}* removed; {time.monotonic() - t0:.0f} s in all")
     print()
-    print(f"bench-failover: {args.kills} power cuts of the active per size, "
+    print(f"bench-failover: {args.kills} power cuts of the active per size"
+          + (f" ({args.kills_large} at "
+             f"{', '.join(size_label(x) for x in sizes if x >= args.fill_alone_from)})"
+             if args.kills_large != args.kills and sizes[-1] >= args.fill_alone_from else "")
+          + ", "
           f"{TCP_FLOWS} TCP connections + 1 UDP stream (1000 records/s each) per cut; "
           f"1 bulk TCP connection ({BULK_MBIT} Mbit/s); natpair poll {args.poll_ms} / hold "
           f"{args.hold_ms} ms; incumbent = iptables SNAT + conntrackd FTFW + keepalived "
           f"VRRPv3 {args.advert_ms} ms adverts")
+    alone = [size_label(x) for x in sizes if x >= args.fill_alone_from]
+    print(f"table: real UDP states (scripts/udpfill.c) through the active; "
+          + (f"at {', '.join(alone)} filled with the standby out, which then joined with one "
+             "bulk sync (counted in the bulk sync row); " if alone else "")
+          + f"natpair's units at max_states {max_states}, UDP timeout 3600 s; the "
+          f"incumbent's conntrack UDP timeout {incumbent.UDP_TIMEOUT_S} s (so that no "
+          "filled state expires during the run)")
     print(table(runs, sizes))
+    for name, r in runs.items():
+        for size, mem in r.memory.items():
+            print(f"memory {name} {size_label(size)}: {fmt_memory(mem)}")
     for name, r in runs.items():
         for size, f in r.filled.items():
             if not f["complete"]:
