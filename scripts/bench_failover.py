@@ -76,6 +76,7 @@ SYSTEMS = ("natpair", "incumbent")
 DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 100_000)
 FILL_SPORT, FILL_DPORT, FILL_DPORTS = 30000, 20000, 1000
+FILL_START_PPS = 10_000         # the fill's first rate; it goes up as long as the unit keeps up
 UDP_PORT, TCP_PORT = 9000, 9001
 TCP_FLOWS = 2
 BULK_PORT, BULK_MBIT = 9010, 100
@@ -537,33 +538,39 @@ def fill(topo: Topology, sys_, active: str, standby: str | None, size: int, pps:
          timeout_s: float, done: int = 0) -> dict:
     """Fill the active's table with flows [done, size) so that it holds `size` UDP states,
     and wait until the standby holds them (`standby` None: the active is alone, no wait).
-    In chunks of about a second of packets: a chunk that did not all become states is sent
-    again at half the rate (what the unit cannot take is dropped: a queue that is full fails
-    closed); a chunk that did goes on faster."""
+    In chunks of half a second of packets, from FILL_START_PPS up to `pps`: a chunk that
+    did not all become states is sent again at half the rate (what the unit cannot take is
+    dropped: a queue that is full fails closed); after one that did, the rate goes up by a
+    quarter. The active's drop counters that moved are in the result ("drops")."""
     t0 = time.monotonic()
-    rate, lo, resent = pps, done, 0
+    rate, lo, resent = min(pps, FILL_START_PPS), done, 0
+    counted = sys_.counters(active)
     while lo < size:
-        hi = min(size, lo + max(1000, rate))
+        hi = min(size, lo + max(500, rate // 2))
         # new states of this chunk, counted against the table before it (states of earlier
         # streams may expire meanwhile: a small tolerance)
         before = sys_.held(active, standby=False)
-        for attempt in range(6):
+        for attempt in range(8):
             _udpfill(topo, lo, hi, rate)
-            time.sleep(0.05)
+            time.sleep(0.02)
             if sys_.held(active, standby=False) - before >= (hi - lo) - max(50, (hi - lo) // 200):
                 break
             resent += 1
-            rate = max(1000, rate // 2)
+            rate = max(500, rate // 2)
         else:
             raise BenchError(f"{sys_.name}: {sys_.held(active, False) - before} new states of "
-                             f"{hi - lo} sent (flows {lo}..{hi}), after 6 tries, the last at "
+                             f"{hi - lo} sent (flows {lo}..{hi}), after 8 tries, the last at "
                              f"{rate} packets/s")
         if attempt == 0:
-            rate = min(pps, rate * 3 // 2)
+            rate = min(pps, rate * 5 // 4)
         lo = hi
+    after = sys_.counters(active)
+    drops = {n: v - counted.get(n, 0) for n, v in after.items() if v != counted.get(n, 0)
+             and any(w in n for w in ("drop", "full", "overflow", "fail", "refused"))}
     held = sys_.held(active, standby=False)
     fill_s = time.monotonic() - t0
     out = {"active": held, "standby": None, "resent_chunks": resent, "fill_s": round(fill_s, 2),
+           "drops": drops,
            "last_rate_pps": rate, "states_per_s": round((size - done) / max(fill_s, 1e-3)),
            "replicated_s": None, "complete": True, "alone": standby is None}
     if standby is None:
@@ -767,7 +774,8 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
             log(f"{system}: {size_label(size)}: active holds {f['active']} states "
                 f"(filled in {f['fill_s']} s, {f['states_per_s']} new states/s, "
                 f"{f['resent_chunks']} chunks sent again, last at {f['last_rate_pps']} "
-                "packets/s), " + ("alone" if alone else
+                f"packets/s; the active's drops {f['drops'] or 'none'}), "
+                + ("alone" if alone else
                                   f"standby {f['standby']} after {f['replicated_s']} s"
                                   + ("" if f["complete"] else " (INCOMPLETE)")))
             if alone:
