@@ -14,7 +14,16 @@ Per system, in its own lab under --prefix (taken down at the end, also on error 
             to out-srv port 20000 + f%1000; out-srv drops them, so no ICMP comes back), to
             each --sizes in turn (flows only add up), topped up until the active holds them,
             then waited for until the standby holds them too (natpair: its core's state
-            count; the incumbent: conntrackd's external cache)
+            count; the incumbent: conntrackd's external cache). From --fill-alone-from (1M)
+            on, the standby is cut first and the active fills alone, faster (natpair: no
+            stream to feed, though its journal is still drained change by change); the
+            standby then starts and joins with one bulk sync of the whole table, timed as
+            a rejoin is (in the bulk sync row). Every state is one real packet through the
+            active, and the fill's log line says how fast it went and what the active
+            dropped (natpair's feed and core counters).
+            The units run with room for 1.5 times the largest size (natpair: [core]
+            max_states; the kernel: nf_conntrack_max, hashsize, conntrackd's HashLimit) and
+            a UDP timeout of 3600 s, so that no filled state expires during the run.
     kill    --kills times per size: sinks on out-srv, from in-host a sequenced UDP stream and
             TCP_FLOWS TCP connections, each at 1000 records/s, and one bulk TCP connection
             paced to BULK_MBIT (its window full when the path goes, as iperf3's: it waits for
@@ -30,7 +39,11 @@ Per system, in its own lab under --prefix (taken down at the end, also on error 
     rejoin  the dead unit is built again (build.up_node) and started: the time from its
             start to standby-ready is the bulk sync time at that table size (the incumbent:
             until conntrackd's external cache holds the master's kernel table). The next
-            kill kills the other unit.
+            kill kills the other unit. From --fill-alone-from on, --kills-large kills (3).
+
+Memory: the resident set of every process in each unit's namespace (natpair's daemon and
+beat process; conntrackd, keepalived) and the kernel's nf_conntrack slab (machine-wide),
+after the fill and after the kills of each size.
 
 Replication lag (natpair only: the active's LagHistogram, ack-based, replication/lag.py, read
 from the control socket's status right before each kill, each active process counted once)
@@ -38,9 +51,10 @@ p50 and p99; "n/a" while the daemon does not fill it.
 
 The gap is "flat" when the medians at every size are within FLAT_MS of each other.
 
-The kernel's conntrack limit nf_conntrack_max is one number for the whole machine (read-only
-inside a namespace): when the largest size does not fit, the bench raises it for the run and
-puts the old value back at the end (it says so).
+The kernel's conntrack limit nf_conntrack_max and its hash table size (hashsize) are one
+number each for the whole machine (read-only inside a namespace): when the largest size does
+not fit (the hash table: at a quarter of the entries), the bench raises them for the run and
+puts the old values back at the end (it says so).
 """
 from __future__ import annotations
 
@@ -555,6 +569,11 @@ def fill(topo: Topology, sys_, active: str, standby: str | None, size: int, pps:
             time.sleep(0.02)
             if sys_.held(active, standby=False) - before >= (hi - lo) - max(50, (hi - lo) // 200):
                 break
+            shrunk = before - sys_.held(active, standby=False)
+            if shrunk > max(50, (hi - lo) // 200):
+                raise BenchError(f"{sys_.name}: {active}'s table shrank by {shrunk} states "
+                                 f"while flows {lo}..{hi} were sent: did it change roles? "
+                                 "(see the units' logs)")
             resent += 1
             rate = max(500, rate // 2)
         else:
@@ -861,7 +880,8 @@ def parse_sizes(text: str) -> list[int]:
     return sorted(set(out))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, defaults resolved: args.sizes and args.systems are lists."""
     ap = argparse.ArgumentParser(prog="scripts.bench_failover", description=__doc__.split("\n")[0])
     ap.add_argument("--prefix", default="npf-", help="namespace prefix of the bench's lab")
     ap.add_argument("--kills", type=int, default=None,
@@ -895,13 +915,19 @@ def main(argv: list[str] | None = None) -> int:
         args.kills = 3 if args.kills is None else args.kills
         args.sizes = args.sizes or list(QUICK_SIZES)
     args.kills = 10 if args.kills is None else args.kills
-    sizes = args.sizes or list(DEFAULT_SIZES)
-    systems = args.systems.split(",")
-    for s in systems:
+    args.sizes = args.sizes or list(DEFAULT_SIZES)
+    args.systems = args.systems.split(",")
+    for s in args.systems:
         if s not in SYSTEMS:
             ap.error(f"unknown system {s!r} (known: {', '.join(SYSTEMS)})")
     if args.kills < 1 or args.kills_large < 1:
         ap.error("--kills and --kills-large must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes, systems = args.sizes, args.systems
     if os.geteuid() != 0:
         print("bench-failover: needs root (network namespaces): sudo make bench-failover",
               file=sys.stderr)
