@@ -341,6 +341,7 @@ class Natpair:
                  hold_ms: int = HOLD_MS):
         self.topo, self.timers = topo, {"poll_ms": poll_ms, "hold_ms": hold_ms}
         self.swaps = 0                  # rejoins after which the roles swapped
+        self.last_transfer: dict | None = None
         self.extra = f"[core]\nmax_states = {max_states}\n\n[timeouts]\nudp = 3600\n"
 
     def start(self, unit: str, ready_s: float) -> float | None:
@@ -372,7 +373,18 @@ class Natpair:
                 raise BenchError(f"{unit}: {role}, not STANDBY_READY {ready_s:.0f} s after "
                                  f"its start (bulk: {bulk})")
             time.sleep(0.02)
-        return time.monotonic() - t0
+        took = time.monotonic() - t0
+        self.last_transfer = self.status(unit).get("failover", {}).get("bulk_recv")
+        return took
+
+    def transfer(self) -> str:
+        """The last join's bulk sync as its receiver saw it: the transfer alone (the start
+        -> ready time also holds the daemon's start), and the attempt (a retry: the first
+        was aborted, e.g. by a false 'peer silent' on a loaded machine)."""
+        t = self.last_transfer or {}
+        if not t.get("elapsed_ms"):
+            return ""
+        return f" (the transfer {t['elapsed_ms']:.0f} ms, attempt {t.get('attempt', '?')})"
 
     def status(self, unit: str) -> dict:
         try:
@@ -472,6 +484,9 @@ class Incumbent:
 
     def lag(self, unit: str) -> dict | None:
         return None
+
+    def transfer(self) -> str:
+        return ""
 
 
     def settle(self) -> None:
@@ -810,7 +825,7 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
                 else:
                     res.bulk_s.setdefault(size, []).append(round(bulk, 3))
                     log(f"{system}: {standby} joined, standby-ready with {f['standby']} states "
-                        f"{bulk:.2f} s after its start")
+                        f"{bulk:.2f} s after its start{sys_.transfer()}")
             res.memory[size] = memory(topo)
             log(f"{system}: {size_label(size)}: memory: {fmt_memory(res.memory[size])}")
             kills = args.kills_large if alone else args.kills
@@ -836,7 +851,8 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
                         "role (a false failover: the active's hellos came late)")
                     continue
                 res.bulk_s.setdefault(size, []).append(round(bulk, 3))
-                log(f"{system}: {k.dead} rejoined, standby-ready {bulk:.2f} s after its start")
+                log(f"{system}: {k.dead} rejoined, standby-ready {bulk:.2f} s after its start"
+                    f"{sys_.transfer()}")
             res.memory[size] = memory(topo)
             log(f"{system}: {size_label(size)}: memory after the kills: "
                 f"{fmt_memory(res.memory[size])}")
