@@ -14,7 +14,16 @@ Per system, in its own lab under --prefix (taken down at the end, also on error 
             to out-srv port 20000 + f%1000; out-srv drops them, so no ICMP comes back), to
             each --sizes in turn (flows only add up), topped up until the active holds them,
             then waited for until the standby holds them too (natpair: its core's state
-            count; the incumbent: conntrackd's external cache)
+            count; the incumbent: conntrackd's external cache). From --fill-alone-from (1M)
+            on, the standby is cut first and the active fills alone, faster (natpair: no
+            stream to feed, though its journal is still drained change by change); the
+            standby then starts and joins with one bulk sync of the whole table, timed as
+            a rejoin is (in the bulk sync row). Every state is one real packet through the
+            active, and the fill's log line says how fast it went and what the active
+            dropped (natpair's feed and core counters).
+            The units run with room for 1.5 times the largest size (natpair: [core]
+            max_states; the kernel: nf_conntrack_max, hashsize, conntrackd's HashLimit) and
+            a UDP timeout of 3600 s, so that no filled state expires during the run.
     kill    --kills times per size: sinks on out-srv, from in-host a sequenced UDP stream and
             TCP_FLOWS TCP connections, each at 1000 records/s, and one bulk TCP connection
             paced to BULK_MBIT (its window full when the path goes, as iperf3's: it waits for
@@ -30,7 +39,11 @@ Per system, in its own lab under --prefix (taken down at the end, also on error 
     rejoin  the dead unit is built again (build.up_node) and started: the time from its
             start to standby-ready is the bulk sync time at that table size (the incumbent:
             until conntrackd's external cache holds the master's kernel table). The next
-            kill kills the other unit.
+            kill kills the other unit. From --fill-alone-from on, --kills-large kills (3).
+
+Memory: the resident set of every process in each unit's namespace (natpair's daemon and
+beat process; conntrackd, keepalived) and the kernel's nf_conntrack slab (machine-wide),
+after the fill and after the kills of each size.
 
 Replication lag (natpair only: the active's LagHistogram, ack-based, replication/lag.py, read
 from the control socket's status right before each kill, each active process counted once)
@@ -38,9 +51,10 @@ p50 and p99; "n/a" while the daemon does not fill it.
 
 The gap is "flat" when the medians at every size are within FLAT_MS of each other.
 
-The kernel's conntrack limit nf_conntrack_max is one number for the whole machine (read-only
-inside a namespace): when the largest size does not fit, the bench raises it for the run and
-puts the old value back at the end (it says so).
+The kernel's conntrack limit nf_conntrack_max and its hash table size (hashsize) are one
+number each for the whole machine (read-only inside a namespace): when the largest size does
+not fit (the hash table: at a quarter of the entries), the bench raises them for the run and
+puts the old values back at the end (it says so).
 """
 from __future__ import annotations
 
@@ -76,6 +90,7 @@ SYSTEMS = ("natpair", "incumbent")
 DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 100_000)
 FILL_SPORT, FILL_DPORT, FILL_DPORTS = 30000, 20000, 1000
+FILL_START_PPS = 10_000         # the fill's first rate; it goes up as long as the unit keeps up
 UDP_PORT, TCP_PORT = 9000, 9001
 TCP_FLOWS = 2
 BULK_PORT, BULK_MBIT = 9010, 100
@@ -121,6 +136,7 @@ class SystemRun:
     filled: dict[int, dict] = field(default_factory=dict)              # size -> counts, times
     lags: list[dict] = field(default_factory=list)                     # LagHistogram snapshots
     cps: dict[str, float] = field(default_factory=dict)                # "off"/"on" -> conn/s
+    memory: dict[int, dict] = field(default_factory=dict)              # size -> memory()
     swaps: int = 0                      # rejoins after which the rejoined unit went active
     errors: list[str] = field(default_factory=list)
 
@@ -325,6 +341,7 @@ class Natpair:
                  hold_ms: int = HOLD_MS):
         self.topo, self.timers = topo, {"poll_ms": poll_ms, "hold_ms": hold_ms}
         self.swaps = 0                  # rejoins after which the roles swapped
+        self.last_transfer: dict | None = None
         self.extra = f"[core]\nmax_states = {max_states}\n\n[timeouts]\nudp = 3600\n"
 
     def start(self, unit: str, ready_s: float) -> float | None:
@@ -356,7 +373,18 @@ class Natpair:
                 raise BenchError(f"{unit}: {role}, not STANDBY_READY {ready_s:.0f} s after "
                                  f"its start (bulk: {bulk})")
             time.sleep(0.02)
-        return time.monotonic() - t0
+        took = time.monotonic() - t0
+        self.last_transfer = self.status(unit).get("failover", {}).get("bulk_recv")
+        return took
+
+    def transfer(self) -> str:
+        """The last join's bulk sync as its receiver saw it: the transfer alone (the start
+        -> ready time also holds the daemon's start), and the attempt (a retry: the first
+        was aborted, e.g. by a false 'peer silent' on a loaded machine)."""
+        t = self.last_transfer or {}
+        if not t.get("elapsed_ms"):
+            return ""
+        return f" (the transfer {t['elapsed_ms']:.0f} ms, attempt {t.get('attempt', '?')})"
 
     def status(self, unit: str) -> dict:
         try:
@@ -457,6 +485,9 @@ class Incumbent:
     def lag(self, unit: str) -> dict | None:
         return None
 
+    def transfer(self) -> str:
+        return ""
+
 
     def settle(self) -> None:
         """conntrackd flushes the kernel table 5 s after it starts: fill after that."""
@@ -532,44 +563,118 @@ def _udpfill(topo: Topology, first: int, last: int, pps: int) -> None:
         raise BenchError(f"udpfill: {r.stderr.strip()[-200:]}")
 
 
-def fill(topo: Topology, sys_, active: str, standby: str, size: int, pps: int,
+def fill(topo: Topology, sys_, active: str, standby: str | None, size: int, pps: int,
          timeout_s: float, done: int = 0) -> dict:
     """Fill the active's table with flows [done, size) so that it holds `size` UDP states,
-    and wait until the standby holds them. In chunks of about a second of packets: a chunk
-    that did not all become states is sent again at half the rate (what the unit cannot
-    take is dropped: a queue that is full fails closed); a chunk that did goes on faster."""
+    and wait until the standby holds them (`standby` None: the active is alone, no wait).
+    In chunks of half a second of packets, from FILL_START_PPS up to `pps`: a chunk that
+    did not all become states is sent again at half the rate (what the unit cannot take is
+    dropped: a queue that is full fails closed); after one that did, the rate goes up by a
+    quarter. The active's drop counters that moved are in the result ("drops")."""
     t0 = time.monotonic()
-    rate, lo, resent = pps, done, 0
+    rate, lo, resent = min(pps, FILL_START_PPS), done, 0
+    counted = sys_.counters(active)
     while lo < size:
-        hi = min(size, lo + max(1000, rate))
+        hi = min(size, lo + max(500, rate // 2))
         # new states of this chunk, counted against the table before it (states of earlier
         # streams may expire meanwhile: a small tolerance)
         before = sys_.held(active, standby=False)
-        for attempt in range(6):
+        for attempt in range(8):
             _udpfill(topo, lo, hi, rate)
-            time.sleep(0.05)
+            time.sleep(0.02)
             if sys_.held(active, standby=False) - before >= (hi - lo) - max(50, (hi - lo) // 200):
                 break
+            shrunk = before - sys_.held(active, standby=False)
+            if shrunk > max(50, (hi - lo) // 200):
+                raise BenchError(f"{sys_.name}: {active}'s table shrank by {shrunk} states "
+                                 f"while flows {lo}..{hi} were sent: did it change roles? "
+                                 "(see the units' logs)")
             resent += 1
-            rate = max(1000, rate // 2)
+            rate = max(500, rate // 2)
         else:
             raise BenchError(f"{sys_.name}: {sys_.held(active, False) - before} new states of "
-                             f"{hi - lo} sent (flows {lo}..{hi}), after 6 tries, the last at "
+                             f"{hi - lo} sent (flows {lo}..{hi}), after 8 tries, the last at "
                              f"{rate} packets/s")
         if attempt == 0:
-            rate = min(pps, rate * 3 // 2)
+            rate = min(pps, rate * 5 // 4)
         lo = hi
+    after = sys_.counters(active)
+    drops = {n: v - counted.get(n, 0) for n, v in after.items() if v != counted.get(n, 0)
+             and any(w in n for w in ("drop", "full", "overflow", "fail", "refused"))}
     held = sys_.held(active, standby=False)
     fill_s = time.monotonic() - t0
+    out = {"active": held, "standby": None, "resent_chunks": resent, "fill_s": round(fill_s, 2),
+           "drops": drops,
+           "last_rate_pps": rate, "states_per_s": round((size - done) / max(fill_s, 1e-3)),
+           "replicated_s": None, "complete": True, "alone": standby is None}
+    if standby is None:
+        return out
     want = 0.99 * sys_.replicable(active)
     deadline = time.monotonic() + timeout_s
     while (got := sys_.held(standby, standby=True)) < want:
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    rep_s = time.monotonic() - t0
-    return {"active": held, "standby": got, "resent_chunks": resent, "fill_s": round(fill_s, 2),
-            "last_rate_pps": rate, "replicated_s": round(rep_s, 2), "complete": got >= want}
+    out.update(standby=got, replicated_s=round(time.monotonic() - t0, 2), complete=got >= want)
+    return out
+
+
+def stop_unit(topo: Topology, sys_, unit: str) -> None:
+    """Take `unit` out of the pair (cut as a kill does, its namespace built again, nothing
+    started in it): the active fills alone, at the speed it has with no peer to feed."""
+    sys_.forget(unit)
+    build.power_cut([topo.ns(unit)], log=quiet, links_first=True)
+    build.up_node(topo, unit, log=quiet)
+
+
+def _ns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def memory(topo: Topology) -> dict:
+    """Resident memory (MB) of the processes in each unit's namespace, summed per program
+    (natpair's daemon and its beat process; conntrackd; keepalived), and the kernel's
+    conntrack entries (the nf_conntrack slab, machine-wide: every namespace's)."""
+    units = {_ns_inode(f"/run/netns/{topo.ns(u)}"): u for u in UNITS}
+    units.pop(None, None)
+    out: dict = {u: {} for u in units.values()}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        unit = units.get(_ns_inode(f"/proc/{pid}/ns/net"))
+        if unit is None:
+            continue
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rss = next((int(line.split()[1]) for line in status.splitlines()
+                    if line.startswith("VmRSS:")), 0)
+        prog = Path(cmd[0].decode(errors="replace")).name
+        if prog.startswith("python"):
+            prog = "natpair"                # the daemon and its beat process
+        if rss:
+            out[unit][prog] = round(out[unit].get(prog, 0) + rss / 1024, 1)
+    try:
+        for line in Path("/proc/slabinfo").read_text().splitlines():
+            f = line.split()
+            if f and f[0] == "nf_conntrack":
+                out["kernel nf_conntrack slab"] = round(int(f[2]) * int(f[3]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def fmt_memory(mem: dict) -> str:
+    parts = []
+    for u in UNITS:
+        if mem.get(u):
+            parts.append(f"{u} " + " + ".join(f"{p} {mb:.0f} MB" for p, mb in sorted(mem[u].items())))
+    if "kernel nf_conntrack slab" in mem:
+        parts.append(f"kernel conntrack {mem['kernel nf_conntrack slab']:.0f} MB")
+    return "; ".join(parts) or "n/a"
 
 
 def _stream(ns: str, mode: str, proto: str, port: int, seconds: float) -> subprocess.Popen:
@@ -682,21 +787,49 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
             else Incumbent(topo, max_states, args.advert_ms / 1000))
     try:
         sys_.start(FW_A, 30)
-        sys_.start(FW_B, 60)
+        paired = sizes[0] < args.fill_alone_from
+        if paired:
+            sys_.start(FW_B, 60)
         if isinstance(sys_, Incumbent):
             sys_.settle()
         done = 0
         for size in sizes:
             active = next(u for u in UNITS if sys_.is_active(u))
             standby = next(u for u in UNITS if u != active)
-            f = fill(topo, sys_, active, standby, size, args.fill_pps, args.sync_timeout, done)
+            alone = size >= args.fill_alone_from
+            if alone and paired:
+                stop_unit(topo, sys_, standby)
+                paired = False
+                log(f"{system}: {standby} stopped: {active} fills alone to {size_label(size)}")
+            f = fill(topo, sys_, active, None if alone else standby, size, args.fill_pps,
+                     args.sync_timeout, done)
             done = size
             res.filled[size] = f
             log(f"{system}: {size_label(size)}: active holds {f['active']} states "
-                f"(filled in {f['fill_s']} s, {f['resent_chunks']} chunks sent again, last at "
-                f"{f['last_rate_pps']} packets/s), standby {f['standby']} after "
-                f"{f['replicated_s']} s" + ("" if f["complete"] else " (INCOMPLETE)"))
-            for i in range(args.kills):
+                f"(filled in {f['fill_s']} s, {f['states_per_s']} new states/s, "
+                f"{f['resent_chunks']} chunks sent again, last at {f['last_rate_pps']} "
+                f"packets/s; the active's drops {f['drops'] or 'none'}), "
+                + ("alone" if alone else
+                                  f"standby {f['standby']} after {f['replicated_s']} s"
+                                  + ("" if f["complete"] else " (INCOMPLETE)")))
+            if alone:
+                # the standby joins and takes the whole table in one bulk sync: that is a
+                # bulk sync time at this size too
+                bulk = sys_.start(standby, args.sync_timeout)
+                paired = True
+                f["standby"] = sys_.held(standby, standby=True)
+                f["complete"] = f["standby"] >= 0.99 * sys_.replicable(active)
+                if bulk is None:
+                    res.swaps += 1
+                    log(f"{system}: {standby} joined, took the table and then the active role")
+                else:
+                    res.bulk_s.setdefault(size, []).append(round(bulk, 3))
+                    log(f"{system}: {standby} joined, standby-ready with {f['standby']} states "
+                        f"{bulk:.2f} s after its start{sys_.transfer()}")
+            res.memory[size] = memory(topo)
+            log(f"{system}: {size_label(size)}: memory: {fmt_memory(res.memory[size])}")
+            kills = args.kills_large if alone else args.kills
+            for i in range(kills):
                 k = one_kill(topo, sys_, size, args.sync_timeout)
                 if k.lag:
                     res.lags.append(k.lag)
@@ -705,7 +838,7 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
                     raise BenchError(f"{size_label(size)} kill {i + 1}: {k.dead} cut, and the "
                                      "other unit did not become active within 15 s")
                 tcp = " ".join("-" if g is None else f"{g:.0f}" for g in k.tcp_gaps_ms)
-                log(f"{system}: {size_label(size)} kill {i + 1}/{args.kills}: {k.dead} cut, "
+                log(f"{system}: {size_label(size)} kill {i + 1}/{kills}: {k.dead} cut, "
                     f"takeover {k.takeover_ms:.0f} ms, UDP gap {k.udp_gap_ms} ms "
                     f"(lost {k.udp_lost}), TCP gaps {tcp} ms, bulk {k.bulk_gap_ms} ms, survived "
                     f"{sum(k.tcp_survived)}/{len(k.tcp_survived)}"
@@ -718,7 +851,11 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
                         "role (a false failover: the active's hellos came late)")
                     continue
                 res.bulk_s.setdefault(size, []).append(round(bulk, 3))
-                log(f"{system}: {k.dead} rejoined, standby-ready {bulk:.2f} s after its start")
+                log(f"{system}: {k.dead} rejoined, standby-ready {bulk:.2f} s after its start"
+                    f"{sys_.transfer()}")
+            res.memory[size] = memory(topo)
+            log(f"{system}: {size_label(size)}: memory after the kills: "
+                f"{fmt_memory(res.memory[size])}")
     except Exception as e:                # recorded; the bench goes on with the next system
         res.errors.append(f"{type(e).__name__}: {e}" if not isinstance(e, BenchError) else str(e))
         log(f"{system}: stopped: {e}")
@@ -734,6 +871,7 @@ def run_system(system: str, args, sizes: list[int], max_states: int) -> SystemRu
 # ---- main --------------------------------------------------------------------------------------
 
 CONNTRACK_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+CONNTRACK_HASHSIZE = Path("/sys/module/nf_conntrack/parameters/hashsize")
 _MAIN_PID = os.getpid()
 
 
@@ -758,10 +896,12 @@ def parse_sizes(text: str) -> list[int]:
     return sorted(set(out))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, defaults resolved: args.sizes and args.systems are lists."""
     ap = argparse.ArgumentParser(prog="scripts.bench_failover", description=__doc__.split("\n")[0])
     ap.add_argument("--prefix", default="npf-", help="namespace prefix of the bench's lab")
-    ap.add_argument("--kills", type=int, default=10, help="kills per table size (default 10)")
+    ap.add_argument("--kills", type=int, default=None,
+                    help="kills per table size (default 10; see --kills-large)")
     ap.add_argument("--sizes", type=parse_sizes, default=None,
                     help="table sizes, e.g. 1k,100k,1M (the default)")
     ap.add_argument("--quick", action="store_true", help="3 kills, 1k and 100k states")
@@ -771,6 +911,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-ms", type=int, default=POLL_MS, help="natpair [failover] poll_ms")
     ap.add_argument("--hold-ms", type=int, default=HOLD_MS, help="natpair [failover] hold_ms")
     ap.add_argument("--fill-pps", type=int, default=100_000)
+    ap.add_argument("--fill-alone-from", type=lambda t: parse_sizes(t)[0], default=1_000_000,
+                    help="from this table size on, the active is filled with its standby out, "
+                         "which then joins with one bulk sync (default 1M)")
+    ap.add_argument("--kills-large", type=int, default=None,
+                    help="kills per size from --fill-alone-from on (default: 3, or --kills "
+                         "when that is given; each one is followed by a bulk sync of the "
+                         "whole table)")
     ap.add_argument("--sync-timeout", type=float, default=90.0,
                     help="seconds to wait for the standby to hold the table")
     ap.add_argument("--cps-seconds", type=float, default=3.0)
@@ -778,16 +925,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png", type=Path, default=DEFAULT_PNG)
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = ap.parse_args(argv)
+    if args.kills_large is None:
+        args.kills_large = 3 if args.kills is None else args.kills
     if args.quick:
-        args.kills = 3 if args.kills == 10 else args.kills
+        args.kills = 3 if args.kills is None else args.kills
         args.sizes = args.sizes or list(QUICK_SIZES)
-    sizes = args.sizes or list(DEFAULT_SIZES)
-    systems = args.systems.split(",")
-    for s in systems:
+    args.kills = 10 if args.kills is None else args.kills
+    args.sizes = args.sizes or list(DEFAULT_SIZES)
+    args.systems = args.systems.split(",")
+    for s in args.systems:
         if s not in SYSTEMS:
             ap.error(f"unknown system {s!r} (known: {', '.join(SYSTEMS)})")
-    if args.kills < 1:
-        ap.error("--kills must be at least 1")
+    if args.kills < 1 or args.kills_large < 1:
+        ap.error("--kills and --kills-large must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes, systems = args.sizes, args.systems
     if os.geteuid() != 0:
         print("bench-failover: needs root (network namespaces): sudo make bench-failover",
               file=sys.stderr)
@@ -797,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     build_connrate()
     build_tool(UDPFILL_SRC, UDPFILL)
     max_states = max(65536, int(max(sizes) * 1.5) + 65536)
-    old_max = None
+    old_max = old_hash = None
     t0 = time.monotonic()
     runs: dict[str, SystemRun] = {}
     try:
@@ -807,6 +963,14 @@ def main(argv: list[str] | None = None) -> int:
                 old_max = cur
                 CONNTRACK_MAX.write_text(f"{max_states}\n")
                 log(f"nf_conntrack_max {cur} -> {max_states} for the run (put back at the end)")
+            # the hash table (one for every namespace) at a quarter of the entries or more,
+            # so that 1M states do not make long chains
+            cur = int(CONNTRACK_HASHSIZE.read_text())
+            if cur < max_states // 4:
+                old_hash = cur
+                CONNTRACK_HASHSIZE.write_text(f"{max_states // 4}\n")
+                log(f"nf_conntrack hashsize {cur} -> {max_states // 4} for the run "
+                    "(put back at the end)")
         for system in systems:
             runs[system] = run_system(system, args, sizes, max_states)
     except KeyboardInterrupt:
@@ -817,14 +981,31 @@ def main(argv: list[str] | None = None) -> int:
         if old_max is not None:
             CONNTRACK_MAX.write_text(f"{old_max}\n")
             log(f"nf_conntrack_max back to {old_max}")
+        if old_hash is not None:
+            CONNTRACK_HASHSIZE.write_text(f"{old_hash}\n")
+            log(f"nf_conntrack hashsize back to {old_hash}")
         log(f"lab {args.prefix}* removed; {time.monotonic() - t0:.0f} s in all")
     print()
-    print(f"bench-failover: {args.kills} power cuts of the active per size, "
+    print(f"bench-failover: {args.kills} power cuts of the active per size"
+          + (f" ({args.kills_large} at "
+             f"{', '.join(size_label(x) for x in sizes if x >= args.fill_alone_from)})"
+             if args.kills_large != args.kills and sizes[-1] >= args.fill_alone_from else "")
+          + ", "
           f"{TCP_FLOWS} TCP connections + 1 UDP stream (1000 records/s each) per cut; "
           f"1 bulk TCP connection ({BULK_MBIT} Mbit/s); natpair poll {args.poll_ms} / hold "
           f"{args.hold_ms} ms; incumbent = iptables SNAT + conntrackd FTFW + keepalived "
           f"VRRPv3 {args.advert_ms} ms adverts")
+    alone = [size_label(x) for x in sizes if x >= args.fill_alone_from]
+    print(f"table: real UDP states (scripts/udpfill.c) through the active; "
+          + (f"at {', '.join(alone)} filled with the standby out, which then joined with one "
+             "bulk sync (counted in the bulk sync row); " if alone else "")
+          + f"natpair's units at max_states {max_states}, UDP timeout 3600 s; the "
+          f"incumbent's conntrack UDP timeout {incumbent.UDP_TIMEOUT_S} s (so that no "
+          "filled state expires during the run)")
     print(table(runs, sizes))
+    for name, r in runs.items():
+        for size, mem in r.memory.items():
+            print(f"memory {name} {size_label(size)}: {fmt_memory(mem)}")
     for name, r in runs.items():
         for size, f in r.filled.items():
             if not f["complete"]:

@@ -106,3 +106,26 @@ def test_stream_gaps_are_counted_as_they_come():
     one = _Gaps()
     one.arrive(2.0, 4)
     assert one.max_gap == 0.0
+
+
+def test_kills_at_the_sizes_filled_alone_default_to_3_or_to_kills():
+    a = bf.parse_args([])
+    assert (a.kills, a.kills_large, a.sizes, a.fill_alone_from) == \
+        (10, 3, [1000, 100_000, 1_000_000], 1_000_000)
+    a = bf.parse_args(["--kills", "5", "--sizes", "1k,1M"])
+    assert (a.kills, a.kills_large, a.sizes) == (5, 5, [1000, 1_000_000])
+    a = bf.parse_args(["--kills-large", "1", "--fill-alone-from", "100k", "--quick"])
+    assert (a.kills, a.kills_large, a.sizes, a.fill_alone_from) == (3, 1, [1000, 100_000], 100_000)
+    with pytest.raises(SystemExit):
+        bf.parse_args(["--kills-large", "0"])
+
+
+def test_memory_is_printed_per_unit_and_program():
+    mem = {"fw-a": {"natpair": 410.4, "x": 1.0}, "fw-b": {}, "kernel nf_conntrack slab": 312.6}
+    assert bf.fmt_memory(mem) == "fw-a natpair 410 MB + x 1 MB; kernel conntrack 313 MB"
+    assert bf.fmt_memory({}) == "n/a"
+
+
+def test_memory_of_a_lab_that_is_not_there_names_no_unit():
+    from scripts.lab.topology import lab
+    assert set(bf.memory(lab("hm-none-"))) <= {"kernel nf_conntrack slab"}

@@ -12,7 +12,8 @@ update (-B); on BACKUP shorten the kernel's timers (-t) and ask the master for a
 Roles: both units start as BACKUP with nopreempt, fw-a priority 110, fw-b 100; the first
 one started alone becomes MASTER after the master-down interval. One VRRP instance on the
 inside leg holds both virtual addresses (the inside gateway on in0, the NAT address on
-out0), advert_int `advert_s` (VRRPv3 allows 0.01 s, its fastest). keepalived sends the
+out0), advert_int `advert_s` (VRRPv3 allows 0.01 s, its fastest), its VRRP process in real
+time (vrrp_rt_priority, as natpair's replication thread). keepalived sends the
 gratuitous ARPs on takeover. The virtual addresses are keepalived's: `start_incumbent`
 removes them from the unit first if the lab put them there.
 """
@@ -36,6 +37,12 @@ VRID = 51
 PRIORITY = {FW_A: 110}          # the others: 100
 UDP_TIMEOUT_S = 3600            # so that the bench's filled UDP states live through the run
 TCP_ESTABLISHED_S = 3600
+# keepalived's VRRP process in real time, as natpair's replication thread (SCHED_FIFO 10,
+# dataplane/daemon.py): at 10 ms adverts on a loaded machine (a fill at up to 100k
+# packets/s, other labs) it flapped between MASTER and BACKUP without it, and each BACKUP
+# turn has conntrackd flush the kernel table PurgeTimeout (5 s) later (-t): the active
+# table emptied under the fill
+VRRP_RT_PRIORITY = 10
 
 
 @dataclass
@@ -118,6 +125,7 @@ global_defs {{
 \tscript_user root
 \tenable_script_security
 \tvrrp_garp_master_delay 0
+\tvrrp_rt_priority {VRRP_RT_PRIORITY}
 }}
 vrrp_instance NATPAIR_BENCH {{
 \tstate BACKUP
