@@ -10,10 +10,16 @@ used:
 - ``core_lock``: the daemon's lock around the core (an RLock: a role action may run while
   the loop holds it). Every core call here holds it; the transport and the machines are
   only used from the replication thread.
-- ``offer(changes)``: journal changes drained by the feed thread (which holds the core
-  between batches) into a queue; ``step`` submits them to the transport while the peer is
-  a standby (any other time they are dropped: a joining standby bulk-syncs). States of
-  destination port 80 are not replicated unless ``http_replication``.
+- ``drain_journal()``: the core's journal drained in C straight into wire records
+  (``Core.drain_wire``, one ``WireChanges`` per drain) by the thread that holds the core
+  (the feed thread between batches, the replication thread when the feed is idle, the
+  switchover's last drain) and offered into a queue; ``step`` submits each drain to the
+  transport as packed runs (``submit_wire``: DELETEs, INSERTs, UPDATEs) while the peer is a
+  standby (any other time they are dropped: a joining standby bulk-syncs). ``offer(changes)``
+  takes ``Change`` objects (``Core.drain``) instead, one by one, coalesced in the
+  transport: the older, slower path (tests, scripts/bench_live.py's comparison). States of
+  destination port 80 are not replicated unless ``http_replication`` (in C on the wire
+  path: ``skip_port``).
 - the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
   flags bit 0 = yielding, bit 1 = wants the active role (switchover.py, or preemption:
   ``Role.wants_active``), bits 2-3 = the tenure of our active role (``role.Tenure``, 0 when
@@ -43,10 +49,11 @@ used:
   request of the last BULK_START; BulkEnd = BULK_END (sent = the records that went on
   the wire). The sender reads the table while fewer than ``BULK_INFLIGHT`` messages wait
   for the standby's ack, so a bulk never floods the standby's socket.
-- lag: ``offer`` stamps each change with ``lag_clock()`` (ms, monotonic); the transport
-  keeps those times per sent message and, when the standby's cumulative ack covers one,
-  ``lag`` observes now - offer time of each of its changes (retransmissions count from
-  the offer; a coalesced record from its oldest change).
+- lag: ``offer`` stamps each change (each drain: all its records) with ``lag_clock()``
+  (ms, monotonic); the transport keeps those times per sent message and, when the
+  standby's cumulative ack covers one, ``lag`` observes now - offer time of each of its
+  changes (retransmissions count from the offer; a coalesced record from its oldest
+  change).
 - ``neighbours`` (optional, replication/neighbours.py): the active sends its data legs'
   neighbour changes as NEIGH records while the peer is a standby, and its whole neighbour
   table after each BULK_START; the standby hands received ones to ``neighbours.install``.
@@ -72,7 +79,7 @@ import threading
 import time
 from typing import Callable
 
-from dataplane.core import Change, StateRecord
+from dataplane.core import Change, StateRecord, WireChanges
 from replication import bulk, wire
 from replication.bulk import BulkRequester, BulkSender
 from replication.counters import Counters
@@ -97,6 +104,8 @@ BULK_PENDING_MAX = 64           # items queued in the transport before the bulk 
 BULK_INFLIGHT = 32             # unacked messages before the bulk sender waits (~290 KB jumbo)
 BULK_CHUNKS_PER_STEP = 16       # datagrams of bulk records read per step
 OFFER_MAX = 1 << 20             # journal changes waiting for the loop (then: dropped, counted)
+JOURNAL_DRAIN = 1024            # journal records of each kind per drain call
+JOURNAL_DRAIN_ROUNDS = 64       # drain calls per drain_journal at most (the core is held)
 IDLE_WAIT_MAX_MS = 5            # the longest wait of an idle loop (the detector's timers are nearer)
 REQUEST_AGAIN_MS = 1000         # a failed bulk sync is asked for again after this long
 NEGOTIATION_GRACE_MS = 250      # at start, listen this much beyond hold_ms before going active alone
@@ -139,7 +148,8 @@ class Pair:
         self.clock, self.lag_clock = clock, lag_clock
         self.counters: collections.Counter[str] = collections.Counter()
         self.wire_counters = Counters(wire.REASONS + ("rx_ok", "rx_dropped"))  # kept across link resets
-        self._offered: collections.deque[tuple[float, Change]] = collections.deque()
+        self._offered: collections.deque[tuple[float, Change | WireChanges]] = collections.deque()
+        self.offered_waiting = 0        # changes in _offered (a WireChanges holds many)
         self._inbox: list[tuple[int, object]] = []
         self._bulk_rx_request = 0
         self._bulk_tx_sent = 0
@@ -252,15 +262,45 @@ class Pair:
 
     # ---- inputs from other threads ----
 
+    def drain_journal(self) -> int:
+        """The core's journal into the offer queue as wire records (one C call per drain),
+        from the thread that holds the core; returns the records offered."""
+        core, skip = self.core, 0 if self.http else HTTP_PORT
+        offered = 0
+        for _ in range(JOURNAL_DRAIN_ROUNDS):
+            batch = core.drain_wire(JOURNAL_DRAIN, skip)
+            if batch.count or batch.skipped:
+                self.offer_wire(batch)
+                offered += batch.count
+            if not core.journal_pending():
+                break
+        return offered
+
+    def offer_wire(self, batch: WireChanges) -> None:
+        """One drain of the journal in wire form (``Core.drain_wire``), from the thread that
+        holds the core."""
+        n = batch.count
+        if self.offered_waiting + n > OFFER_MAX:
+            self.counters["offer_overflow"] += n
+            self.tables.refused_wire(batch)
+            return
+        was_empty = not self._offered
+        self._offered.append((self.lag_clock(), batch))
+        self.offered_waiting += n
+        self.counters["offered"] += n
+        if was_empty:
+            self.wake()                         # flushed within flush_ms, not at the next tick
+
     def offer(self, changes: list[Change]) -> None:
-        """Journal changes, from the thread that holds the core (the feed thread)."""
-        if len(self._offered) + len(changes) > OFFER_MAX:
+        """Journal changes as objects (``Core.drain``), from the thread that holds the core."""
+        if self.offered_waiting + len(changes) > OFFER_MAX:
             self.counters["offer_overflow"] += len(changes)
             self.tables.refused_changes(changes)
             return
         t = self.lag_clock()
         was_empty = not self._offered
         self._offered.extend((t, ch) for ch in changes)
+        self.offered_waiting += len(changes)
         self.counters["offered"] += len(changes)
         if was_empty and changes:
             self.wake()                         # flushed within flush_ms, not at the next tick
@@ -354,17 +394,35 @@ class Pair:
         if not offered:
             return
         if not self.replicating():
-            self.counters["dropped_no_standby"] += len(offered)
+            self.counters["dropped_no_standby"] += self.offered_waiting
             offered.clear()
+            self.offered_waiting = 0
             return
         while offered:
             t, ch = offered.popleft()
+            if isinstance(ch, WireChanges):
+                self.offered_waiting -= ch.count
+                self._submit_wire(ch, t, now)
+                continue
+            self.offered_waiting -= 1
             if not self.http and ch.record is not None and is_http(ch.record):
                 self.counters["skipped_http"] += 1
                 continue
             tr.submit(ch, now, t)
             self.counters["submitted"] += 1
             self.tables.sent_change(ch)
+
+    def _submit_wire(self, batch: WireChanges, t: float, now: int) -> None:
+        """One drain's runs into the stream: DELETEs first (np_core_journal_drain_wire says
+        why that order is safe), then INSERTs, then UPDATEs."""
+        tr = self.transport
+        if batch.skipped:
+            self.counters["skipped_http"] += batch.skipped
+        for action, data in ((DELETE, batch.deletes), (INSERT, batch.inserts), (UPDATE, batch.updates)):
+            if data:
+                tr.submit_wire(action, data, now, t)
+        self.counters["submitted"] += batch.count
+        self.tables.sent_wire(batch)
 
     def _hello(self) -> wire.Hello:
         if self.role.is_active:
@@ -524,11 +582,11 @@ class Pair:
         except Exception as e:
             LOG.error("pair announce failed: %s", e)
 
-    def _on_acked(self, offered: list[float]) -> None:
-        """The standby acked messages carrying changes offered at these times."""
+    def _on_acked(self, offered: list[tuple[float, int]]) -> None:
+        """The standby acked messages carrying (offer time, changes) pairs."""
         now, lag = self.lag_clock(), self.lag
-        for t in offered:
-            lag.observe(now - t)
+        for t, n in offered:
+            lag.observe(now - t, n)
 
     def _on_bulk_event(self, event, reason: str) -> None:
         self.role.on_bulk(event, reason)
