@@ -17,7 +17,12 @@ used:
   transport as packed runs (``submit_wire``: DELETEs, INSERTs, UPDATEs) while the peer is a
   standby (any other time they are dropped: a joining standby bulk-syncs). ``offer(changes)``
   takes ``Change`` objects (``Core.drain``) instead, one by one, coalesced in the
-  transport: the older, slower path (tests, scripts/bench_live.py's comparison). States of
+  transport: the older, slower path (tests, scripts/bench_live.py's comparison). An offer
+  wakes the loop only when it would not turn within the transport's flush deadline anyway
+  (``_wake_at``, set by ``next_wake_ms``) or a datagram's worth is waiting: under load the
+  loop turns every ms for its acks, and a wake per feed batch only cost CPU and GIL; the
+  offers wait in the queue at most ``flush_ms`` (then submitted and flushed at once), as they
+  would have in the transport. States of
   destination port 80 are not replicated unless ``http_replication`` (in C on the wire
   path: ``skip_port``).
 - the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
@@ -150,6 +155,9 @@ class Pair:
         self.wire_counters = Counters(wire.REASONS + ("rx_ok", "rx_dropped"))  # kept across link resets
         self._offered: collections.deque[tuple[float, Change | WireChanges]] = collections.deque()
         self.offered_waiting = 0        # changes in _offered (a WireChanges holds many)
+        self._offered_since = 0         # clock ms when _offered last became non-empty
+        self._offer_lock = threading.Lock()  # _offered and its counts: the feed thread adds
+        self._wake_at = 0.0             # when the loop's wait ends (inf while it decides)
         self._inbox: list[tuple[int, object]] = []
         self._bulk_rx_request = 0
         self._bulk_tx_sent = 0
@@ -167,6 +175,7 @@ class Pair:
         self.detector = Detector(poll_ms=poll_ms, hold_ms=hold_ms, clock=clock, name=f"{name}-detect",
                                  data_paths=data_paths)
         per_datagram = (max_datagram - OVERHEAD - SECTION.size) // STATE.size
+        self._per_datagram = per_datagram
         self.sender = BulkSender(core, chunk_records=per_datagram, chunks_per_poll=BULK_CHUNKS_PER_STEP,
                                  skip_port=0 if http_replication else HTTP_PORT, clock=clock,
                                  name=f"{name}-bulk-send")
@@ -231,10 +240,14 @@ class Pair:
         0 with work queued, 1 ms while a bulk sync runs, else until the transport's or the
         detector's next timer, at most ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin
         every millisecond; offers and switchovers wake it through the wake pipe)."""
+        self._wake_at = float("inf")           # an offer meanwhile wakes us (offer_wire)
         now = self.clock() if now is None else now
-        if self._offered or self._inbox:
+        if self._inbox or self.offered_waiting >= self._per_datagram:
+            self._wake_at = now
             return 0
         d = [now + IDLE_WAIT_MAX_MS, self.detector.next_deadline(sending=self.beat is None)]
+        if self._offered:
+            d.append(self._offered_since + self.transport.flush_ms)
         if self.sender.state is bulk.SenderState.SENDING:
             d.append(now + 1)                   # waits for acks: turn every ms, never spin
         t = self.transport.next_deadline(now)
@@ -242,7 +255,9 @@ class Pair:
             d.append(t)
         if self.requester.state in bulk.BUSY or self.switchover.busy:
             d.append(now + 1)
-        return max(0, min(d) - now)
+        at = min(d)
+        self._wake_at = at
+        return max(0, at - now)
 
     def close(self) -> None:
         for fd in (self._wake_r, self._wake_w):
@@ -280,16 +295,25 @@ class Pair:
         """One drain of the journal in wire form (``Core.drain_wire``), from the thread that
         holds the core."""
         n = batch.count
-        if self.offered_waiting + n > OFFER_MAX:
+        if self.offered_waiting + n > OFFER_MAX:      # read unlocked: a bound, not a count
             self.counters["offer_overflow"] += n
             self.tables.refused_wire(batch)
             return
-        was_empty = not self._offered
-        self._offered.append((self.lag_clock(), batch))
-        self.offered_waiting += n
-        self.counters["offered"] += n
-        if was_empty:
-            self.wake()                         # flushed within flush_ms, not at the next tick
+        if n or batch.skipped:
+            self._offered_queue((self.lag_clock(), batch), n=n)
+
+    def _offered_queue(self, *items, n: int) -> None:
+        with self._offer_lock:
+            if not self._offered:
+                self._offered_since = self.clock()
+            self._offered.extend(items)
+            self.offered_waiting += n
+            self.counters["offered"] += n
+            # flushed within flush_ms of the offer: wake the loop unless it turns by then anyway
+            wake = (self._wake_at > self._offered_since + self.transport.flush_ms
+                    or self.offered_waiting >= self._per_datagram)
+        if wake:
+            self.wake()
 
     def offer(self, changes: list[Change]) -> None:
         """Journal changes as objects (``Core.drain``), from the thread that holds the core."""
@@ -297,13 +321,9 @@ class Pair:
             self.counters["offer_overflow"] += len(changes)
             self.tables.refused_changes(changes)
             return
-        t = self.lag_clock()
-        was_empty = not self._offered
-        self._offered.extend((t, ch) for ch in changes)
-        self.offered_waiting += len(changes)
-        self.counters["offered"] += len(changes)
-        if was_empty and changes:
-            self.wake()                         # flushed within flush_ms, not at the next tick
+        if changes:
+            t = self.lag_clock()
+            self._offered_queue(*((t, ch) for ch in changes), n=len(changes))
 
     # ---- the loop ----
 
@@ -390,27 +410,28 @@ class Pair:
         self._submit(now)
 
     def _submit(self, now: int) -> None:
-        offered, tr = self._offered, self.transport
-        if not offered:
+        tr = self.transport
+        if not self._offered:
             return
-        if not self.replicating():
-            self.counters["dropped_no_standby"] += self.offered_waiting
-            offered.clear()
+        with self._offer_lock:
+            offered, n, since = list(self._offered), self.offered_waiting, self._offered_since
+            self._offered.clear()
             self.offered_waiting = 0
+        if not self.replicating():
+            self.counters["dropped_no_standby"] += n
             return
-        while offered:
-            t, ch = offered.popleft()
+        for t, ch in offered:
             if isinstance(ch, WireChanges):
-                self.offered_waiting -= ch.count
                 self._submit_wire(ch, t, now)
                 continue
-            self.offered_waiting -= 1
             if not self.http and ch.record is not None and is_http(ch.record):
                 self.counters["skipped_http"] += 1
                 continue
             tr.submit(ch, now, t)
             self.counters["submitted"] += 1
             self.tables.sent_change(ch)
+        if now - since >= tr.flush_ms:
+            tr.flush(now)               # they waited their flush deadline in the queue already
 
     def _submit_wire(self, batch: WireChanges, t: float, now: int) -> None:
         """One drain's runs into the stream: DELETEs first (np_core_journal_drain_wire says

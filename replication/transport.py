@@ -532,6 +532,11 @@ class FtfwTransport:
             if self._gap() and self._nack_allowed(now_ms):
                 self._send_nack(now_ms)
 
+    def flush(self, now_ms: int) -> None:
+        """Send what is pending now, not waiting for its flush deadline (the caller held it
+        back that long already: pair.py's offer queue)."""
+        self._flush(now_ms, full_only=False)
+
     def idle(self) -> bool:
         return not self._pending and not self._unacked
 
