@@ -237,8 +237,9 @@ class Pair:
 
     def next_wake_ms(self, now: int | None = None) -> int:
         """How long the loop may wait for a datagram before ``step`` has work of its own:
-        0 with work queued, 1 ms while a bulk sync runs, else until the transport's or the
-        detector's next timer, at most ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin
+        0 with received records to import or a datagram's worth of offered changes, 1 ms
+        while a bulk sync runs, else until the offers' flush deadline or the transport's or
+        the detector's next timer, at most ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin
         every millisecond; offers and switchovers wake it through the wake pipe)."""
         self._wake_at = float("inf")           # an offer meanwhile wakes us (offer_wire)
         now = self.clock() if now is None else now
