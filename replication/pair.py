@@ -283,6 +283,8 @@ class Pair:
         from the thread that holds the core; returns the records offered."""
         core, skip = self.core, 0 if self.http else HTTP_PORT
         offered = 0
+        if not core.journal_pending():
+            return 0                    # a batch that changed nothing: no buffers copied
         for _ in range(JOURNAL_DRAIN_ROUNDS):
             batch = core.drain_wire(JOURNAL_DRAIN, skip)
             if batch.count or batch.skipped:
