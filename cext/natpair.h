@@ -248,6 +248,39 @@ int np_wire_state_unpack(const uint8_t *in, struct np_state_rec *r);
 
 uint32_t np_core_journal_drain(struct np_core *c, struct np_change *out, uint32_t max);
 uint32_t np_core_journal_pending(struct np_core *c);
+
+/* ---- the journal drained straight into the replication wire's form (np_journal.c) ----
+ * np_core_journal_drain_wire() drains like np_core_journal_drain() but writes each change as
+ * a wire record into the caller's buffers: a CREATE as a 104-byte INSERT record into
+ * `inserts`, an UPDATE into `updates`, a DELETE as a 16-byte DELETE record into `deletes`
+ * (each *_cap bytes long; a change whose record would not fit stays in the journal, the
+ * drain stops there). The live stream sends the three runs deletes first: every state
+ * deleted since the last drain is dead, every state written alive, so a DELETE never has
+ * to follow a record of this drain (it can only free keys a written state now holds).
+ * TCP states whose service port is skip_port (0: none) are drained but not written,
+ * counted in `skipped` (replication/pair.py is_http). The written INSERT/UPDATE records
+ * are counted by protocol (tcp, udp, icmp, other) and those carrying a translation in
+ * xlate (replication/tables.py). Returns the records written. */
+struct np_wire_drain {
+    uint8_t *inserts;           /* in: buffers and their sizes in bytes */
+    size_t inserts_cap;
+    uint8_t *updates;
+    size_t updates_cap;
+    uint8_t *deletes;
+    size_t deletes_cap;
+    uint16_t skip_port;
+    uint16_t pad;
+    uint32_t n_inserts;         /* out: records written to each buffer */
+    uint32_t n_updates;
+    uint32_t n_deletes;
+    uint32_t skipped;
+    uint32_t tcp;
+    uint32_t udp;
+    uint32_t icmp;
+    uint32_t other;
+    uint32_t xlate;
+};
+uint32_t np_core_journal_drain_wire(struct np_core *c, struct np_wire_drain *d);
 uint32_t np_core_resend_scan(struct np_core *c, uint32_t max);
 
 uint32_t np_core_state_count(struct np_core *c);

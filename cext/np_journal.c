@@ -6,11 +6,17 @@
  * a state changed many times between two drains is sent once, in its
  * latest version (NP_JF_PENDING marks a state whose event is queued).
  *
+ * np_core_journal_drain_wire drains the same events into the replication wire's INSERT,
+ * UPDATE and DELETE records (np_wire.c's layout), so the active's live stream hands Python
+ * one buffer per drain instead of an object per change.
+ *
  * A full ring loses nothing silently: the overflow is counted, a changed
  * state is marked NP_JF_RESEND, a deleted one stays as a zombie slot
  * (NP_JF_RESEND_DELETE), and np_core_resend_scan queues them again.
  */
+#include <arpa/inet.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "np_internal.h"
 
@@ -112,6 +118,69 @@ uint32_t np_core_journal_drain(struct np_core *c, struct np_change *out, uint32_
     }
     atomic_store_explicit(&j->tail, tail, memory_order_release);
     return n;
+}
+
+/* the replication tables' "xlate" (tables.py translated): the keys are not each other's reverse */
+static bool translated(const struct np_state_rec *r)
+{
+    const struct np_key_rec *a = &r->key[0], *b = &r->key[1];
+    return a->src != b->dst || a->sport != b->dport || a->dst != b->src || a->dport != b->sport;
+}
+
+static void put_delete(uint8_t *w, uint64_t id, uint32_t creator)
+{
+    uint32_t v[4] = {htonl((uint32_t)(id >> 32)), htonl((uint32_t)id), htonl(creator), 0};
+    memcpy(w, v, NP_WIRE_DELETE_SIZE);
+}
+
+_Static_assert(NP_WIRE_DELETE_SIZE == 16, "the wire's DELETE record is 16 bytes");
+
+uint32_t np_core_journal_drain_wire(struct np_core *c, struct np_wire_drain *d)
+{
+    struct np_journal *j = &c->journal;
+    uint32_t tail = atomic_load_explicit(&j->tail, memory_order_relaxed);
+    uint32_t head = atomic_load_explicit(&j->head, memory_order_acquire);
+    size_t room_ins = d->inserts ? d->inserts_cap / NP_WIRE_STATE_SIZE : 0;
+    size_t room_upd = d->updates ? d->updates_cap / NP_WIRE_STATE_SIZE : 0;
+    size_t room_del = d->deletes ? d->deletes_cap / NP_WIRE_DELETE_SIZE : 0;
+    struct np_state_rec r;
+    d->n_inserts = d->n_updates = d->n_deletes = 0;
+    d->skipped = d->tcp = d->udp = d->icmp = d->other = d->xlate = 0;
+    for (; tail != head; tail++) {
+        const struct np_event ev = j->ring[tail & j->mask];
+        if (ev.kind == NP_EV_DELETE) {
+            if (d->n_deletes >= room_del)
+                break;              /* stays queued: the next drain writes it */
+            put_delete(d->deletes + (size_t)d->n_deletes++ * NP_WIRE_DELETE_SIZE, ev.id, ev.creator);
+            continue;
+        }
+        struct np_state *s = &c->states[ev.slot];
+        if (s->live != 1 || s->id != ev.id || np_state_ext(c, s)->creator != ev.creator)
+            continue;               /* deleted since: its DELETE follows */
+        bool insert = ev.kind == NP_EV_CREATE;
+        if ((insert ? d->n_inserts >= room_ins : d->n_updates >= room_upd))
+            break;
+        atomic_fetch_and_explicit(&s->jflags, (uint8_t)~NP_JF_PENDING, memory_order_relaxed);
+        np_state_export(c, s, &r);
+        if (d->skip_port && r.proto == 6 &&
+            (r.key[0].dport == d->skip_port || r.key[1].sport == d->skip_port)) {
+            d->skipped++;
+            continue;
+        }
+        uint8_t *w = insert ? d->inserts + (size_t)d->n_inserts++ * NP_WIRE_STATE_SIZE
+                            : d->updates + (size_t)d->n_updates++ * NP_WIRE_STATE_SIZE;
+        np_wire_state_pack(&r, w);
+        switch (r.proto) {
+        case 6: d->tcp++; break;
+        case 17: d->udp++; break;
+        case 1: d->icmp++; break;
+        default: d->other++; break;
+        }
+        if (translated(&r))
+            d->xlate++;
+    }
+    atomic_store_explicit(&j->tail, tail, memory_order_release);
+    return d->n_inserts + d->n_updates + d->n_deletes;
 }
 
 uint32_t np_core_resend_scan(struct np_core *c, uint32_t max)

@@ -9,6 +9,8 @@ C records and Python values. Names used:
 - ``Key`` / ``Peer`` / ``StateRecord``: a state as exported for a bulk sync
   and imported on the standby (addresses are ints, host order).
 - ``Change``: one journal entry (create, update, delete) for replication.
+- ``WireChanges``: one drain of the journal as replication wire records (``drain_wire``),
+  written in C: the active's live stream.
 - ``WireCursor`` / ``ImportResult``: a bulk sync's states in the replication wire's
   104-byte form (``replication.wire.STATE``), exported and imported by runs in C.
 - ``NfQueue``: the C NFQUEUE reader (``struct np_feed``) bound to one queue,
@@ -252,6 +254,54 @@ class WireCursor:
         return ffi.buffer(self._buf, n * WIRE_STATE_SIZE)[:]
 
 
+class WireChanges(NamedTuple):
+    """One drain of the journal in the replication wire's form (``Core.drain_wire``): the
+    records of the deleted, created and updated states (replication.wire DELETE_REC, STATE;
+    sent in this order), the TCP states of the skipped service port left out, and the
+    written INSERT/UPDATE records counted by protocol and translation."""
+    deletes: bytes
+    inserts: bytes
+    updates: bytes
+    skipped: int = 0
+    tcp: int = 0
+    udp: int = 0
+    icmp: int = 0
+    other: int = 0
+    xlate: int = 0
+
+    @property
+    def count(self) -> int:
+        """The records it carries."""
+        return (len(self.deletes) // WIRE_DELETE_SIZE
+                + (len(self.inserts) + len(self.updates)) // WIRE_STATE_SIZE)
+
+
+WIRE_DELETE_SIZE = lib.NP_WIRE_DELETE_SIZE
+
+
+class _WireDrain:
+    """The buffers np_core_journal_drain_wire writes into, kept with the core (resized to
+    the largest drain asked for)."""
+
+    def __init__(self):
+        self.d = ffi.new("struct np_wire_drain *")
+        self.cap = 0
+        self._keep = ()
+
+    def ready(self, n: int):
+        if n > self.cap:
+            ins = ffi.new("uint8_t[]", n * WIRE_STATE_SIZE)
+            upd = ffi.new("uint8_t[]", n * WIRE_STATE_SIZE)
+            dele = ffi.new("uint8_t[]", n * WIRE_DELETE_SIZE)
+            self._keep, self.cap = (ins, upd, dele), n
+        ins, upd, dele = self._keep
+        d = self.d
+        d.inserts, d.updates, d.deletes = ins, upd, dele
+        d.inserts_cap = d.updates_cap = n * WIRE_STATE_SIZE
+        d.deletes_cap = n * WIRE_DELETE_SIZE
+        return d
+
+
 class Change(NamedTuple):
     kind: str                        # create / update / delete
     creator: int
@@ -292,6 +342,7 @@ class Core:
         self._pkt = ffi.new("struct np_pkt *")
         self._counters = ffi.new("uint64_t[]", len(COUNTER_NAMES))
         self._rec = ffi.new("struct np_state_rec *")
+        self._wire_drain = _WireDrain()
 
     # ---- configuration ----
     def set_clock(self, now_ms: int) -> None:
@@ -461,6 +512,21 @@ class Core:
             rec = None if c.kind == lib.NP_EV_DELETE else StateRecord.from_c(c.rec)
             changes.append(Change(kind, c.rec.creator, c.rec.id, rec))
         return changes
+
+    def drain_wire(self, max_changes: int = 1024, skip_port: int = 0) -> WireChanges:
+        """Up to ``max_changes`` records of each kind drained from the journal straight into
+        the replication wire's form, in C (the active's live stream): one ``WireChanges`` per
+        call, no object per change. TCP states of service port ``skip_port`` (0: none) are
+        drained, not written, and counted in ``skipped``."""
+        if not 0 < max_changes <= 1 << 20 or not 0 <= skip_port <= 0xFFFF:
+            raise InvalidArgument(f"drain of {max_changes} changes, skip port {skip_port}")
+        d = self._wire_drain.ready(max_changes)
+        d.skip_port = skip_port
+        lib.np_core_journal_drain_wire(self._c, d)
+        return WireChanges(ffi.buffer(d.deletes, d.n_deletes * WIRE_DELETE_SIZE)[:],
+                           ffi.buffer(d.inserts, d.n_inserts * WIRE_STATE_SIZE)[:],
+                           ffi.buffer(d.updates, d.n_updates * WIRE_STATE_SIZE)[:],
+                           d.skipped, d.tcp, d.udp, d.icmp, d.other, d.xlate)
 
     def journal_pending(self) -> int:
         return lib.np_core_journal_pending(self._c)

@@ -339,12 +339,7 @@ class Daemon:
     def _drain_journal(self, pair) -> None:
         """Between batches, with the core held: every journal change to the pair."""
         core = self.core
-        for _ in range(64):
-            changes = core.drain(JOURNAL_DRAIN)
-            if changes:
-                pair.offer(changes)
-            if len(changes) < JOURNAL_DRAIN:
-                break
+        pair.drain_journal()                    # in C, one buffer per drain
         now = monotonic_ms()
         if now >= self._next_overflow_check:    # counters() builds a dict: not every batch
             self._next_overflow_check = now + OVERFLOW_CHECK_MS

@@ -139,7 +139,7 @@ def _failover_figures(d, pair) -> dict:
                  "rx_ok": wc.get("rx_ok", 0), "rx_dropped": wc.get("rx_dropped", 0),
                  "drops": {k: v for k, v in wc.items() if v and k in WIRE_REASONS}},
         "transport": {"pending": tr.pending, "unacked": tr.unacked,
-                      "offered_waiting": len(pair._offered),
+                      "offered_waiting": pair.offered_waiting,
                       **{k: tc.get(k, 0) for k in ("tx_msgs", "tx_bytes", "tx_records", "tx_coalesced",
                                                    "tx_retransmits", "tx_errors", "rx_records",
                                                    "rx_duplicates", "rx_out_of_order", "tx_nacks",

@@ -21,7 +21,8 @@
  *   BATCH     several TEMPLATE / STATE packets through np_core_process_batch
  *   CLOCK     advance the clock (sometimes past a whole turn of the wheel)
  *   SWEEP     np_core_sweep with a budget
- *   DRAIN     drain the journal and apply it to the standby
+ *   DRAIN     drain the journal and apply it to the standby (flag 1: as wire records,
+ *             np_core_journal_drain_wire, into buffers of the sizes the bytes say)
  *   RESEND    np_core_resend_scan
  *   BULK      export everything into a freshly created standby
  *   IMPORT    a raw np_state_rec from the bytes (optionally made plausible)
@@ -609,6 +610,46 @@ static void import_checked(struct np_core *to, const struct np_state_rec *rec, c
     }
 }
 
+/* flag 1: drained into wire records (np_core_journal_drain_wire) through buffers of exactly
+ * the sizes the input asks for (ASan sees a write past them), then imported as the standby
+ * does: the deletes first, then the inserts and updates */
+static void op_drain_wire(struct rd *r)
+{
+    size_t caps[3] = {u16(r) % (8 * NP_WIRE_STATE_SIZE + 1), u16(r) % (8 * NP_WIRE_STATE_SIZE + 1),
+                      u16(r) % (8 * NP_WIRE_DELETE_SIZE + 1)};
+    uint8_t *bufs[3];
+    for (int i = 0; i < 3; i++)
+        bufs[i] = malloc(caps[i] ? caps[i] : 1);
+    struct np_wire_drain d = {.inserts = bufs[0], .inserts_cap = caps[0], .updates = bufs[1],
+                              .updates_cap = caps[1], .deletes = bufs[2], .deletes_cap = caps[2],
+                              .skip_port = u8(r) & 1 ? 80 : 0};
+    uint32_t before = np_core_journal_pending(F.a);
+    uint32_t n = np_core_journal_drain_wire(F.a, &d);
+    CHECK(n == d.n_inserts + d.n_updates + d.n_deletes, "drain_wire miscounted");
+    CHECK(d.n_inserts <= caps[0] / NP_WIRE_STATE_SIZE && d.n_updates <= caps[1] / NP_WIRE_STATE_SIZE &&
+          d.n_deletes <= caps[2] / NP_WIRE_DELETE_SIZE, "drain_wire wrote more than fits");
+    CHECK(d.tcp + d.udp + d.icmp + d.other == d.n_inserts + d.n_updates && d.xlate <= d.tcp + d.udp +
+          d.icmp + d.other, "drain_wire counted records it did not write");
+    CHECK(np_core_journal_pending(F.a) <= before, "drain_wire grew the journal");
+    int8_t rc[8];
+    np_core_import_delete_wire(F.b, bufs[2], (size_t)d.n_deletes * NP_WIRE_DELETE_SIZE, rc);
+    for (int k = 0; k < 2; k++) {
+        uint32_t m = k ? d.n_updates : d.n_inserts;
+        struct np_import_result res;
+        np_core_import_wire_each(F.b, bufs[k], (size_t)m * NP_WIRE_STATE_SIZE, &res, rc);
+        for (uint32_t i = 0; i < m; i++) {
+            struct np_state_rec w;
+            CHECK(np_wire_state_unpack(bufs[k] + i * NP_WIRE_STATE_SIZE, &w) == NP_OK,
+                  "drain_wire wrote a record it cannot read");
+            CHECK(rc[i] != NP_EINVAL, "the core drained a wire record it refuses to import");
+            CHECK(!d.skip_port || w.proto != 6 || (w.key[0].dport != 80 && w.key[1].sport != 80),
+                  "a skipped service port was drained");
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        free(bufs[i]);
+}
+
 static void op_drain(struct rd *r)
 {
     struct np_change ch[64];
@@ -1029,7 +1070,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         }
         case OP_DRAIN:
-            op_drain(&r);
+            if (fl & 1)
+                op_drain_wire(&r);
+            else
+                op_drain(&r);
             break;
         case OP_RESEND:
             np_core_resend_scan(F.a, fl ? fl : u16(&r));

@@ -77,6 +77,14 @@ def seeds() -> dict[str, bytes]:
     s["journal_overflow"] = (b"".join(pkt(IP(src=INSIDE2, dst=OUTSIDE) / UDP(sport=30000 + i, dport=53))
                                       for i in range(80))
                              + rec(OP_DRAIN, b"\x20") + rec(OP_RESEND, b"\xff\x00") + rec(OP_DRAIN, b"\x00"))
+    # the journal drained as wire records (OP_DRAIN flag 1): buffers of 3 inserts, 2 updates,
+    # 1 delete (caps as u16, then skip port 80), then the rest with room for all
+    s["journal_wire"] = (b"".join(pkt(IP(src=INSIDE2, dst=OUTSIDE) / UDP(sport=31000 + i, dport=53))
+                                  for i in range(20))
+                         + pkt(IP(src=INSIDE, dst=OUTSIDE) / TCP(sport=40100, dport=80, flags="S"))
+                         + rec(OP_DRAIN | 0x10, struct.pack("<HHHB", 3 * 104 + 7, 2 * 104, 16, 1))
+                         + rec(OP_DELETE | 0x10, b"\x01\x00")
+                         + rec(OP_DRAIN | 0x10, struct.pack("<HHHB", 8 * 104, 8 * 104, 8 * 16, 0)))
     s["import_export"] = (rec(OP_IMPORT | 0x10, bytes(range(112))) + rec(OP_IMPORT | 0xb0, bytes(range(50, 162)))
                           + rec(OP_EXPORT, b"\x00\x00\x08") + rec(OP_DELETE | 0x10, b"\x01\x00") + rec(OP_BULK))
     s["batch"] = rec(OP_BATCH, b"".join(bytes([i & 1, 30]) + bytes([i % 8, 0, 11, 9, 0, 0, 1, 0]) + bytes(22)

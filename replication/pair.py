@@ -10,10 +10,21 @@ used:
 - ``core_lock``: the daemon's lock around the core (an RLock: a role action may run while
   the loop holds it). Every core call here holds it; the transport and the machines are
   only used from the replication thread.
-- ``offer(changes)``: journal changes drained by the feed thread (which holds the core
-  between batches) into a queue; ``step`` submits them to the transport while the peer is
-  a standby (any other time they are dropped: a joining standby bulk-syncs). States of
-  destination port 80 are not replicated unless ``http_replication``.
+- ``drain_journal()``: the core's journal drained in C straight into wire records
+  (``Core.drain_wire``, one ``WireChanges`` per drain) by the thread that holds the core
+  (the feed thread between batches, the replication thread when the feed is idle, the
+  switchover's last drain) and offered into a queue; ``step`` submits each drain to the
+  transport as packed runs (``submit_wire``: DELETEs, INSERTs, UPDATEs) while the peer is a
+  standby (any other time they are dropped: a joining standby bulk-syncs). ``offer(changes)``
+  takes ``Change`` objects (``Core.drain``) instead, one by one, coalesced in the
+  transport: the older, slower path (tests, scripts/bench_live.py's comparison). An offer
+  wakes the loop only when it would not turn within the transport's flush deadline anyway
+  (``_wake_at``, set by ``next_wake_ms``) or a datagram's worth is waiting: under load the
+  loop turns every ms for its acks, and a wake per feed batch only cost CPU and GIL; the
+  offers wait in the queue at most ``flush_ms`` (then submitted and flushed at once), as they
+  would have in the transport. States of
+  destination port 80 are not replicated unless ``http_replication`` (in C on the wire
+  path: ``skip_port``).
 - the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
   flags bit 0 = yielding, bit 1 = wants the active role (switchover.py, or preemption:
   ``Role.wants_active``), bits 2-3 = the tenure of our active role (``role.Tenure``, 0 when
@@ -43,10 +54,11 @@ used:
   request of the last BULK_START; BulkEnd = BULK_END (sent = the records that went on
   the wire). The sender reads the table while fewer than ``BULK_INFLIGHT`` messages wait
   for the standby's ack, so a bulk never floods the standby's socket.
-- lag: ``offer`` stamps each change with ``lag_clock()`` (ms, monotonic); the transport
-  keeps those times per sent message and, when the standby's cumulative ack covers one,
-  ``lag`` observes now - offer time of each of its changes (retransmissions count from
-  the offer; a coalesced record from its oldest change).
+- lag: ``offer`` stamps each change (each drain: all its records) with ``lag_clock()``
+  (ms, monotonic); the transport keeps those times per sent message and, when the
+  standby's cumulative ack covers one, ``lag`` observes now - offer time of each of its
+  changes (retransmissions count from the offer; a coalesced record from its oldest
+  change).
 - ``neighbours`` (optional, replication/neighbours.py): the active sends its data legs'
   neighbour changes as NEIGH records while the peer is a standby, and its whole neighbour
   table after each BULK_START; the standby hands received ones to ``neighbours.install``.
@@ -72,7 +84,7 @@ import threading
 import time
 from typing import Callable
 
-from dataplane.core import Change, StateRecord
+from dataplane.core import Change, StateRecord, WireChanges
 from replication import bulk, wire
 from replication.bulk import BulkRequester, BulkSender
 from replication.counters import Counters
@@ -97,6 +109,8 @@ BULK_PENDING_MAX = 64           # items queued in the transport before the bulk 
 BULK_INFLIGHT = 32             # unacked messages before the bulk sender waits (~290 KB jumbo)
 BULK_CHUNKS_PER_STEP = 16       # datagrams of bulk records read per step
 OFFER_MAX = 1 << 20             # journal changes waiting for the loop (then: dropped, counted)
+JOURNAL_DRAIN = 1024            # journal records of each kind per drain call
+JOURNAL_DRAIN_ROUNDS = 64       # drain calls per drain_journal at most (the core is held)
 IDLE_WAIT_MAX_MS = 5            # the longest wait of an idle loop (the detector's timers are nearer)
 REQUEST_AGAIN_MS = 1000         # a failed bulk sync is asked for again after this long
 NEGOTIATION_GRACE_MS = 250      # at start, listen this much beyond hold_ms before going active alone
@@ -139,7 +153,11 @@ class Pair:
         self.clock, self.lag_clock = clock, lag_clock
         self.counters: collections.Counter[str] = collections.Counter()
         self.wire_counters = Counters(wire.REASONS + ("rx_ok", "rx_dropped"))  # kept across link resets
-        self._offered: collections.deque[tuple[float, Change]] = collections.deque()
+        self._offered: collections.deque[tuple[float, Change | WireChanges]] = collections.deque()
+        self.offered_waiting = 0        # changes in _offered (a WireChanges holds many)
+        self._offered_since = 0         # clock ms when _offered last became non-empty
+        self._offer_lock = threading.Lock()  # _offered and its counts: the feed thread adds
+        self._wake_at = 0.0             # when the loop's wait ends (inf while it decides)
         self._inbox: list[tuple[int, object]] = []
         self._bulk_rx_request = 0
         self._bulk_tx_sent = 0
@@ -157,6 +175,7 @@ class Pair:
         self.detector = Detector(poll_ms=poll_ms, hold_ms=hold_ms, clock=clock, name=f"{name}-detect",
                                  data_paths=data_paths)
         per_datagram = (max_datagram - OVERHEAD - SECTION.size) // STATE.size
+        self._per_datagram = per_datagram
         self.sender = BulkSender(core, chunk_records=per_datagram, chunks_per_poll=BULK_CHUNKS_PER_STEP,
                                  skip_port=0 if http_replication else HTTP_PORT, clock=clock,
                                  name=f"{name}-bulk-send")
@@ -218,13 +237,18 @@ class Pair:
 
     def next_wake_ms(self, now: int | None = None) -> int:
         """How long the loop may wait for a datagram before ``step`` has work of its own:
-        0 with work queued, 1 ms while a bulk sync runs, else until the transport's or the
-        detector's next timer, at most ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin
+        0 with received records to import or a datagram's worth of offered changes, 1 ms
+        while a bulk sync runs, else until the offers' flush deadline or the transport's or
+        the detector's next timer, at most ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin
         every millisecond; offers and switchovers wake it through the wake pipe)."""
+        self._wake_at = float("inf")           # an offer meanwhile wakes us (offer_wire)
         now = self.clock() if now is None else now
-        if self._offered or self._inbox:
+        if self._inbox or self.offered_waiting >= self._per_datagram:
+            self._wake_at = now
             return 0
         d = [now + IDLE_WAIT_MAX_MS, self.detector.next_deadline(sending=self.beat is None)]
+        if self._offered:
+            d.append(self._offered_since + self.transport.flush_ms)
         if self.sender.state is bulk.SenderState.SENDING:
             d.append(now + 1)                   # waits for acks: turn every ms, never spin
         t = self.transport.next_deadline(now)
@@ -232,7 +256,9 @@ class Pair:
             d.append(t)
         if self.requester.state in bulk.BUSY or self.switchover.busy:
             d.append(now + 1)
-        return max(0, min(d) - now)
+        at = min(d)
+        self._wake_at = at
+        return max(0, at - now)
 
     def close(self) -> None:
         for fd in (self._wake_r, self._wake_w):
@@ -252,18 +278,55 @@ class Pair:
 
     # ---- inputs from other threads ----
 
+    def drain_journal(self) -> int:
+        """The core's journal into the offer queue as wire records (one C call per drain),
+        from the thread that holds the core; returns the records offered."""
+        core, skip = self.core, 0 if self.http else HTTP_PORT
+        offered = 0
+        if not core.journal_pending():
+            return 0                    # a batch that changed nothing: no buffers copied
+        for _ in range(JOURNAL_DRAIN_ROUNDS):
+            batch = core.drain_wire(JOURNAL_DRAIN, skip)
+            if batch.count or batch.skipped:
+                self.offer_wire(batch)
+                offered += batch.count
+            if not core.journal_pending():
+                break
+        return offered
+
+    def offer_wire(self, batch: WireChanges) -> None:
+        """One drain of the journal in wire form (``Core.drain_wire``), from the thread that
+        holds the core."""
+        n = batch.count
+        if self.offered_waiting + n > OFFER_MAX:      # read unlocked: a bound, not a count
+            self.counters["offer_overflow"] += n
+            self.tables.refused_wire(batch)
+            return
+        if n or batch.skipped:
+            self._offered_queue((self.lag_clock(), batch), n=n)
+
+    def _offered_queue(self, *items, n: int) -> None:
+        with self._offer_lock:
+            if not self._offered:
+                self._offered_since = self.clock()
+            self._offered.extend(items)
+            self.offered_waiting += n
+            self.counters["offered"] += n
+            # flushed within flush_ms of the offer: wake the loop unless it turns by then anyway
+            wake = (self._wake_at > self._offered_since + self.transport.flush_ms
+                    or self.offered_waiting >= self._per_datagram)
+        if wake:
+            self.wake()
+
     def offer(self, changes: list[Change]) -> None:
-        """Journal changes, from the thread that holds the core (the feed thread)."""
-        if len(self._offered) + len(changes) > OFFER_MAX:
+        """Journal changes as objects (``Core.drain``), from the thread that holds the core."""
+        if self.offered_waiting + len(changes) > OFFER_MAX:
             self.counters["offer_overflow"] += len(changes)
             self.tables.refused_changes(changes)
             return
-        t = self.lag_clock()
-        was_empty = not self._offered
-        self._offered.extend((t, ch) for ch in changes)
-        self.counters["offered"] += len(changes)
-        if was_empty and changes:
-            self.wake()                         # flushed within flush_ms, not at the next tick
+        if changes:
+            t = self.lag_clock()
+            self._offered_queue(*((t, ch) for ch in changes), n=len(changes))
 
     # ---- the loop ----
 
@@ -350,21 +413,40 @@ class Pair:
         self._submit(now)
 
     def _submit(self, now: int) -> None:
-        offered, tr = self._offered, self.transport
-        if not offered:
+        tr = self.transport
+        if not self._offered:
             return
+        with self._offer_lock:
+            offered, n, since = list(self._offered), self.offered_waiting, self._offered_since
+            self._offered.clear()
+            self.offered_waiting = 0
         if not self.replicating():
-            self.counters["dropped_no_standby"] += len(offered)
-            offered.clear()
+            self.counters["dropped_no_standby"] += n
             return
-        while offered:
-            t, ch = offered.popleft()
+        for t, ch in offered:
+            if isinstance(ch, WireChanges):
+                self._submit_wire(ch, t, now)
+                continue
             if not self.http and ch.record is not None and is_http(ch.record):
                 self.counters["skipped_http"] += 1
                 continue
             tr.submit(ch, now, t)
             self.counters["submitted"] += 1
             self.tables.sent_change(ch)
+        if now - since >= tr.flush_ms:
+            tr.flush(now)               # they waited their flush deadline in the queue already
+
+    def _submit_wire(self, batch: WireChanges, t: float, now: int) -> None:
+        """One drain's runs into the stream: DELETEs first (np_core_journal_drain_wire says
+        why that order is safe), then INSERTs, then UPDATEs."""
+        tr = self.transport
+        if batch.skipped:
+            self.counters["skipped_http"] += batch.skipped
+        for action, data in ((DELETE, batch.deletes), (INSERT, batch.inserts), (UPDATE, batch.updates)):
+            if data:
+                tr.submit_wire(action, data, now, t)
+        self.counters["submitted"] += batch.count
+        self.tables.sent_wire(batch)
 
     def _hello(self) -> wire.Hello:
         if self.role.is_active:
@@ -524,11 +606,11 @@ class Pair:
         except Exception as e:
             LOG.error("pair announce failed: %s", e)
 
-    def _on_acked(self, offered: list[float]) -> None:
-        """The standby acked messages carrying changes offered at these times."""
+    def _on_acked(self, offered: list[tuple[float, int]]) -> None:
+        """The standby acked messages carrying (offer time, changes) pairs."""
         now, lag = self.lag_clock(), self.lag
-        for t in offered:
-            lag.observe(now - t)
+        for t, n in offered:
+            lag.observe(now - t, n)
 
     def _on_bulk_event(self, event, reason: str) -> None:
         self.role.on_bulk(event, reason)

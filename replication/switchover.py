@@ -37,7 +37,6 @@ F_WANTS_ACTIVE = 0x02           # hello flag: "I am ready, give me the active ro
 DRAIN_TIMEOUT_MS = 500          # the yield waits this long for the standby's acks
 WANT_TIMEOUT_MS = 3000          # a wanting standby gives up after this long
 PEER_WANT_BACKOFF_MS = 1000     # after a failed yield, the peer's wish waits this long
-JOURNAL_DRAIN = 1024
 
 
 class Request:
@@ -169,12 +168,9 @@ class Switchover:
     def _handover(self, now: int, reason: str) -> str | None:
         pair, role, tr = self.pair, self.pair.role, self.pair.transport
         with pair.lock:          # the feed waits: nothing new is forwarded, nothing missed
-            while True:
-                changes = pair.core.drain(JOURNAL_DRAIN)
-                if changes:
-                    pair.offer(changes)
-                if len(changes) < JOURNAL_DRAIN:
-                    break
+            pair.drain_journal()
+            while pair.core.journal_pending():      # more than its rounds were queued
+                pair.drain_journal()
             pair.submit_offered(pair.clock())
             if not pair.link.run(lambda: tr.idle(), DRAIN_TIMEOUT_MS):
                 self.counters["yield_timeouts"] += 1

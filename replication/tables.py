@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import struct
 
-from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, HELLO, INSERT, UPDATE,
-                              UPDATE_REQUEST)
+from replication.wire import (BULK_END, BULK_START, BULK_STATE, DELETE, DELETE_REC, HELLO, INSERT,
+                              UPDATE, UPDATE_REQUEST)
 
 TABLES = ("hello", "tcp conn", "udp conn", "icmp conn", "xlate", "delete", "bulk")
 FIELDS = ("xmit", "xerr", "rcv", "rerr")
@@ -65,6 +65,18 @@ class TableStats:
     def sent_change(self, change) -> None:
         """One journal change (dataplane.core.Change) put into the stream."""
         self._bump(_KIND_ACTION[change.kind], change.record, "xmit")
+
+    def sent_wire(self, batch, field: str = "xmit") -> None:
+        """One drain of the journal in wire form (dataplane.core.WireChanges, counted in C)
+        put into the stream."""
+        counts = self.counts
+        for table, n in (("tcp conn", batch.tcp), ("udp conn", batch.udp), ("icmp conn", batch.icmp),
+                         ("delete", batch.other), ("xlate", batch.xlate),
+                         ("delete", len(batch.deletes) // DELETE_REC.size)):
+            counts[table][field] += n
+
+    def refused_wire(self, batch) -> None:
+        self.sent_wire(batch, "xerr")
 
     def refused_changes(self, changes) -> None:
         for ch in changes:

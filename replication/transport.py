@@ -25,10 +25,17 @@ channel, and replication/udp.py puts it on a socket. Names used:
   NACKs missing ranges at most every ``nack_ms``. Records of unreliable messages (HELLO) are
   delivered at once (a ``Packed`` section in one call). ACK sections are the transport's
   own and never delivered.
+- *live runs* (``submit_wire``): live INSERT/UPDATE/DELETE records already in wire form
+  (the journal drained in C, ``Core.drain_wire``), queued as ``Packed`` sections that fill
+  datagrams: a run is appended to the last pending run of its action while that one has
+  room in a datagram, else queued as new runs of at most a datagram's records. They are not
+  coalesced with each other: a state changed again in a later drain goes again, later in
+  the stream, so the peer (which applies the stream in order) ends at its latest version;
+  the journal already sends a state changed many times between two drains once.
 - lag: a change submitted with ``offered_ms`` (when the active's pair received it) keeps
   that time through coalescing (the oldest change a record carries) and retransmissions;
-  when the peer's cumulative ack covers its message, ``on_acked(times)`` gets the offer
-  times of every change that message carried (replication/lag.py).
+  when the peer's cumulative ack covers its message, ``on_acked(offers)`` gets the
+  (offer time, changes) pairs of what that message carried (replication/lag.py).
 
 Counters (``counters``): tx_* and rx_* outcomes; the wire's drop reasons are in the same
 object (the codec shares it).
@@ -67,6 +74,11 @@ class Transport(Protocol):
         """Queue one journal change (coalesced with an unsent change of the same state);
         ``offered_ms``: when it was offered, for the lag measured at the peer's ack."""
 
+    def submit_wire(self, action: int, data: bytes, now_ms: int,
+                    offered_ms: float | None = None) -> None:
+        """Queue live INSERT/UPDATE/DELETE records already in wire form (one drain's run of
+        one action), not coalesced, in order; ``offered_ms`` as for ``submit``."""
+
     def send(self, action: int, record: Any, now_ms: int) -> None:
         """Queue one other record in the reliable stream (bulk markers, update requests), or
         a ``Packed`` run of records (a section of its own; it must fit one datagram)."""
@@ -84,12 +96,15 @@ class Transport(Protocol):
         """Nothing pending, nothing unacked."""
 
 
+LIVE_RUNS = frozenset({INSERT, UPDATE, DELETE})
+
+
 class _Sent:
     __slots__ = ("sections", "last_ms", "sends", "offers")
 
-    def __init__(self, sections, now_ms: int, offers: list[float] | None = None):
+    def __init__(self, sections, now_ms: int, offers: list[tuple[float, int]] | None = None):
         self.sections, self.last_ms, self.sends = sections, now_ms, 1
-        self.offers = offers            # offer times of the changes it carries (lag)
+        self.offers = offers            # (offer time, changes) of what it carries (lag)
 
 
 def _size(action: int, rec) -> int:
@@ -105,7 +120,7 @@ class FtfwTransport:
                  deliver: Callable[[int, Any], None], *, flush_ms: int = 1, rto_ms: int = 5,
                  nack_ms: int = 2, ack_delay_ms: int = 1, window: int = 2048, burst: int = 64,
                  on_resync: Callable[[], None] | None = None,
-                 on_acked: Callable[[list[float]], None] | None = None):
+                 on_acked: Callable[[list[tuple[float, int]]], None] | None = None):
         if not 0 <= flush_ms <= 1:
             raise ValueError("flush_ms must be 0 or 1")
         self.codec, self._out, self._deliver, self._on_resync = codec, output, deliver, on_resync
@@ -119,12 +134,13 @@ class FtfwTransport:
         for name in TRANSPORT_COUNTERS:
             self.counters.bump(name, 0)
         self._xmit = 0
-        self._taken_offers: list[float] | None = None
+        self._taken_offers: list[tuple[float, int]] | None = None
         # sender
         self._pending: collections.OrderedDict[Any, tuple[int, Any]] = collections.OrderedDict()
         self._pending_bytes = 0
         self._pending_since: int | None = None
         self._offer_ms: dict[Any, float] = {}     # pending key -> offer time of its oldest change
+        self._run_offers: dict[Any, list[tuple[float, int]]] = {}   # live run key -> (time, records)
         self._other = 0                 # keys of non-state records
         self._tx_next = 1
         self._unacked: collections.OrderedDict[int, _Sent] = collections.OrderedDict()
@@ -152,6 +168,36 @@ class FtfwTransport:
             self._pending[key] = (action, rec)      # keeps its place in the queue
         else:
             self._queue(key, action, rec, now_ms)
+        self._flush(now_ms, full_only=True)
+
+    def submit_wire(self, action: int, data: bytes, now_ms: int,
+                    offered_ms: float | None = None) -> None:
+        if action not in LIVE_RUNS:
+            raise ValueError(f"not a live record action: {action}")
+        size = RECORDS[action].size
+        total = len(data) // size
+        if len(data) % size:
+            raise ValueError(f"{len(data)} bytes are no whole {size}-byte records")
+        per = (self.codec.max_size - OVERHEAD - SECTION.size) // size
+        done = 0
+        if self._pending and total:
+            key = next(reversed(self._pending))
+            last_action, last = self._pending[key]
+            if key[0] == "live" and last_action == action and last.count < per:
+                take = min(per - last.count, total)
+                self._pending[key] = (action, Packed(last.count + take, last.data + data[:take * size]))
+                self._pending_bytes += take * size
+                if offered_ms is not None:
+                    self._run_offers.setdefault(key, []).append((offered_ms, take))
+                done = take
+        while done < total:
+            take = min(per, total - done)
+            self._other += 1
+            key = ("live", self._other)
+            self._queue(key, action, Packed(take, data[done * size:(done + take) * size]), now_ms)
+            if offered_ms is not None:
+                self._run_offers[key] = [(offered_ms, take)]
+            done += take
         self._flush(now_ms, full_only=True)
 
     def send(self, action: int, record: Any, now_ms: int) -> None:
@@ -204,14 +250,18 @@ class FtfwTransport:
                 return None
         if not keys:
             return None
-        offers = []
+        offers: list[tuple[float, int]] = []
         for key in keys:
             action, rec = self._pending.pop(key)
             self._pending_bytes -= _size(action, rec)
             if self._offer_ms:
                 t = self._offer_ms.pop(key, None)
                 if t is not None:
-                    offers.append(t)
+                    offers.append((t, 1))
+            if self._run_offers:
+                runs = self._run_offers.pop(key, None)
+                if runs is not None:
+                    offers.extend(runs)
         if not self._pending:
             self._pending_since = None
         self._taken_offers = offers or None
@@ -263,7 +313,7 @@ class FtfwTransport:
         if seq_diff(upto, self._tx_next) >= 0:
             self.counters.bump("rx_bad_ack")        # acks what was never sent
             return
-        offers: list[float] = []
+        offers: list[tuple[float, int]] = []
         sample = None
         while self._unacked:
             seq = next(iter(self._unacked))
@@ -481,6 +531,11 @@ class FtfwTransport:
                 self._send_ack(now_ms)
             if self._gap() and self._nack_allowed(now_ms):
                 self._send_nack(now_ms)
+
+    def flush(self, now_ms: int) -> None:
+        """Send what is pending now, not waiting for its flush deadline (the caller held it
+        back that long already: pair.py's offer queue)."""
+        self._flush(now_ms, full_only=False)
 
     def idle(self) -> bool:
         return not self._pending and not self._unacked

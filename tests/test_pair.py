@@ -48,7 +48,7 @@ class Unit:
             self.core.set_journal(self.pair.role.is_active)
             v = self.core.process(proto(INSIDE, SRV_1, sport, dport), "inside")
             assert v.accepted, v.reason
-            self.pair.offer(self.core.drain())
+            self.pair.drain_journal()
 
     def step(self):
         if self.alive:
@@ -132,7 +132,7 @@ def test_join_bulk_live_and_takeover(units):
     with a.lock:
         gone = min(want)
         a.core.delete(*gone)
-        a.pair.offer(a.core.drain())
+        a.pair.drain_journal()
     assert run([a, b], lambda: gone not in ids(b.core))
     status = b.pair.status()
     assert status["role"] == "STANDBY_READY" and status["peer"] == "ACTIVE"
@@ -307,8 +307,10 @@ def test_failover_link_cut_with_data_hellos_alive_is_a_split_and_the_stream_resu
 
 def test_an_idle_pair_waits_for_its_timers_and_an_offer_wakes_it(units):
     """The replication loop's wait (Pair.next_wake_ms): an idle active waits until its next
-    hello (at most IDLE_WAIT_MAX_MS), not 1 ms; an offer from the feed thread makes it 0 and
-    writes to the wake pipe, so the loop's select returns at once."""
+    hello (at most IDLE_WAIT_MAX_MS), not 1 ms; an offer from the feed thread writes to the
+    wake pipe when the loop would sleep past the offer's flush deadline (the loop's select
+    returns at once), not when it turns by then anyway (a busy loop: acks every ms), and the
+    loop's wait then ends at that deadline at the latest."""
     import select
 
     from replication.pair import IDLE_WAIT_MAX_MS
@@ -323,14 +325,20 @@ def test_an_idle_pair_waits_for_its_timers_and_an_offer_wakes_it(units):
     wait = a.pair.next_wake_ms()
     assert 0 <= wait <= IDLE_WAIT_MAX_MS
     wake_fd = a.pair.filenos()[-1]
+    flush = a.pair.transport.flush_ms
     assert select.select([wake_fd], [], [], 0)[0] == []
+    a.pair._wake_at = a.pair.clock() + 60_000      # the loop sleeps past the flush deadline
     a.flow(43000)                                   # the feed thread's offer
-    assert a.pair.next_wake_ms() == 0
     assert select.select([wake_fd], [], [], 0)[0] == [wake_fd]
-    a.step()                                        # drains the pipe, submits the change
+    assert a.pair.next_wake_ms() <= flush
+    assert run([a, b], lambda: a.pair.transport.idle() and not a.pair.offered_waiting)
     assert select.select([wake_fd], [], [], 0)[0] == []
-    assert a.pair.next_wake_ms() <= 1               # the change is unacked: every ms until acked
-    assert run([a, b], lambda: a.pair.transport.idle())
+    a.pair._wake_at = a.pair.clock()                # the loop turns now anyway: no wake
+    a.flow(43001)
+    assert select.select([wake_fd], [], [], 0)[0] == []
+    assert a.pair.next_wake_ms() <= flush
+    assert run([a, b], lambda: b.pair.requester.counters["live_import"] == 2)
+    assert a.pair.counters["submitted"] == 2
 
 
 def test_live_records_in_the_wire_form_count_in_the_same_tables_as_decoded_ones():
@@ -346,3 +354,38 @@ def test_live_records_in_the_wire_form_count_in_the_same_tables_as_decoded_ones(
     packed.received_wire(b"".join(Core.pack_wire(r) for r in recs), [None, Exception])
     assert one.snapshot() == packed.snapshot()
     assert packed.snapshot()["xlate"] == {"xmit": 0, "xerr": 0, "rcv": 2, "rerr": 1}
+
+
+def _table_sums(tables, field):
+    return {t: c[field] for t, c in tables.snapshot().items() if t not in ("hello", "bulk")}
+
+
+@pytest.mark.parametrize("http", [False, True])
+def test_live_wire_stream_keeps_http_rule_and_counts_per_table_on_both_ends(units, http):
+    """The active's live stream drained in C (Pair.drain_journal): port-80 states stay home
+    unless http_replication (skipped in C, counted skipped_http), every other create, update
+    and delete reaches the standby, and the active's xmit per table equals the standby's rcv."""
+    a, b = units(hold_ms=500, http_replication=http)
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.is_active, 2)
+    b.pair.start()
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY), b.pair.status()
+    assert run([a, b], lambda: a.pair.transport.idle())
+    for port in range(44000, 44005):
+        a.flow(port)                                # udp, translated
+    a.flow(44100, 80, proto=tcp)               # http
+    a.flow(44101, 443, proto=tcp)
+    with a.lock:
+        gone = min(ids(a.core))
+        a.core.delete(*gone)
+        a.pair.drain_journal()
+    assert run([a, b], lambda: a.pair.transport.idle() and b.pair.requester.counters["live_delete"] == 1)
+    http_ids = {(r.creator, r.id) for r in a.core.export() if r.keys[0].dport == 80}
+    assert len(http_ids) == 1
+    assert ids(b.core) == (ids(a.core) if http else ids(a.core) - http_ids)
+    assert a.pair.counters["skipped_http"] == (0 if http else 1)
+    sent, got = _table_sums(a.pair.tables, "xmit"), _table_sums(b.pair.tables, "rcv")
+    assert sent == got, (sent, got)
+    assert sent["udp conn"] == 5 and sent["tcp conn"] == (2 if http else 1)
+    assert sent["xlate"] == sent["udp conn"] + sent["tcp conn"] and sent["delete"] == 1
+    assert _table_sums(b.pair.tables, "rerr") == dict.fromkeys(sent, 0)

@@ -177,8 +177,9 @@ def test_hello_is_delivered_outside_the_stream():
 # ------------------------------------------------------------------ two cores converge
 
 
-def run_traffic(a: Core, p: Pair, rng: random.Random, steps: int, standby: Core):
-    """Random flows on the active core; every ms its journal goes into the transport."""
+def run_traffic(a: Core, p: Pair, rng: random.Random, steps: int, standby: Core, wire: bool = False):
+    """Random flows on the active core; every ms its journal goes into the transport (as
+    Change objects, or with ``wire`` drained in C into packed runs: the daemon's way)."""
     udps, tcps, opened = [], [], 0
     clock = 1_000_000
     for step in range(steps):
@@ -213,8 +214,14 @@ def run_traffic(a: Core, p: Pair, rng: random.Random, steps: int, standby: Core)
             clock += 150_000            # idle UDP flows (120 s) expire
             a.set_clock(clock)
             a.sweep()
-        for ch in a.drain():
-            p.a.submit(ch, p.now)
+        if wire:
+            w = a.drain_wire(rng.choice((1, 4, 1024)))     # small drains: runs merge in pending
+            for action, data in ((DELETE, w.deletes), (INSERT, w.inserts), (UPDATE, w.updates)):
+                if data:
+                    p.a.submit_wire(action, data, p.now)
+        else:
+            for ch in a.drain():
+                p.a.submit(ch, p.now)
         p.tick()
         clock += 1
         a.set_clock(clock)
@@ -245,6 +252,57 @@ def test_two_cores_converge_under_loss_dup_and_reorder(loss, dup, reorder):
     for t in (p.a, p.b):
         c = t.counters
         assert c["bad_mac"] == c["bad_length"] == c["decode_error"] == 0
+
+
+@pytest.mark.parametrize("loss,dup,reorder", [(0.0, 0.0, 0.0), (0.3, 0.1, 0.3)])
+def test_two_cores_converge_over_packed_runs_drained_in_c(loss, dup, reorder):
+    """The live stream as the daemon sends it (Core.drain_wire -> submit_wire): runs are not
+    coalesced in flight, a state changed in several drains goes several times, in order, and
+    the standby (decoding every C-written record with wire.py) ends at the latest versions."""
+    a, b = make_core(seed=3), make_core(seed=4)
+    a.set_clock(1_000_000)
+    b.set_clock(1_000_000)
+    p = Pair(seed=int(loss * 100) + 9, loss=loss, dup=dup, reorder=reorder, b_deliver=apply_to(b))
+    clock = run_traffic(a, p, random.Random(11), 1500, b, wire=True)
+    while a.journal_pending():          # a drain of 1 may have left some behind
+        w = a.drain_wire()
+        for action, data in ((DELETE, w.deletes), (INSERT, w.inserts), (UPDATE, w.updates)):
+            if data:
+                p.a.submit_wire(action, data, p.now)
+    p.settle()
+    assert a.state_count > 40 and clock > 1_000_000
+    assert_replica(a, b)
+    cb, ca = b.counters(), p.a.counters
+    assert cb["import_conflict"] == 0 and cb["import_invalid"] == 0
+    assert p.b.counters["deliver_errors"] == 0 and p.b.counters["rx_skips"] == 0
+    assert p.b.counters["bad_record"] == 0 and ca["tx_coalesced"] == 0
+    per = (p.a.codec.max_size - wire.OVERHEAD - wire.SECTION.size) // wire.STATE.size
+    assert ca["tx_records"] == p.b.counters["rx_records"]
+    assert ca["tx_msgs"] - ca["tx_retransmits"] - ca["tx_acks"] - ca["tx_nacks"] < ca["tx_records"]
+    assert per == 12
+
+
+def test_packed_runs_fill_datagrams_keep_order_and_carry_their_offer_times():
+    got = []
+    p, acked = _lag_pair(b_deliver=lambda action, rec: got.append((action, rec)))
+    core = make_core()
+    for i in range(30):
+        accept(core, udp(f"198.18.{1 + i // 250}.{1 + i % 250}", SRV_1, 1024 + i, 53), "inside")
+        w = core.drain_wire()
+        assert w.count == 1 and w.udp == 1 and w.xlate == 1
+        p.a.submit_wire(INSERT, w.inserts, p.now, offered_ms=float(i // 10))
+    p.a.submit_wire(DELETE, wire.DELETE_REC.pack(5, A_UNIT, 0), p.now, offered_ms=3.0)
+    with pytest.raises(ValueError):
+        p.a.submit_wire(INSERT, b"x" * 100, p.now)          # no whole record
+    with pytest.raises(ValueError):
+        p.a.submit_wire(BULK_START, b"x" * 8, p.now)        # not a live record
+    p.settle()
+    # 30 inserts filled whole datagrams of 12 (the first two went when full), then the rest
+    assert p.a.counters["tx_records"] == 31 and p.a.counters["tx_coalesced"] == 0
+    ids = [r.id for a, r in got if a == INSERT]
+    assert ids == list(range(1, 31)) and got[-1] == (DELETE, wire.Delete(A_UNIT, 5))
+    times = sorted(t for _, ts in acked for t in ts)
+    assert times == sorted([0.0] * 10 + [1.0] * 10 + [2.0] * 10 + [3.0])
 
 
 def test_lag_without_loss_is_within_the_flush_deadline_plus_the_link():
@@ -390,7 +448,7 @@ def test_real_udp_on_loopback():
 def _lag_pair(**kw):
     acked: list[tuple[int, list[float]]] = []
     p = Pair(**kw)
-    p.a._on_acked = lambda times: acked.append((p.now, list(times)))
+    p.a._on_acked = lambda offers: acked.append((p.now, [t for t, n in offers for _ in range(n)]))
     return p, acked
 
 
