@@ -16,8 +16,11 @@ u64s fall on 8-byte boundaries):
      184  8xN   counters (u64, beat -> daemon, one writer each): ``COUNTERS``; the *_max_ms
                 ones are the largest seen: rx_gap_max_ms_<path>, between two valid hellos
                 heard on the path (the peer's lateness plus the network's plus ours), and
-                tx_late_max_ms, how late the beat sent a hello after it was due (ours);
-                pauses and pause_max_ms, the beat's own stalls (below)
+                tx_late_max_ms, how late the beat's main thread sent a hello after it was
+                due (ours); tx_gap_max_ms, the longest time between two rounds of our
+                hellos (either thread); tx_backup, rounds the backup thread sent because
+                the main one was late; pauses and pause_max_ms, the main thread's own
+                stalls (below); rx_late_max_ms, the longest a hello waited in its socket
    184+8N   32  watch (beat -> daemon): seq (u32), pad, then (``WATCH``) looked_ns (the beat
                 last came back from waiting and read its sockets), wake_by_ns (the latest
                 time it asked to be woken by, as it went to wait), paused_ns (the total of
@@ -59,7 +62,7 @@ _PER_PATH = ("tx", "tx_errors", "rx", "rx_rejected", "rx_wrong_source", "rx_not_
              "rx_socket_errors", "rx_gap_max_ms")
 COUNTERS = (tuple(f"{k}_{p}" for p in PATHS for k in _PER_PATH)
             + ("held_daemon_stuck", "held_daemon_stopped", "tx_late_max_ms", "pauses", "pause_max_ms",
-               "rx_late_max_ms")
+               "rx_late_max_ms", "tx_backup", "tx_gap_max_ms")
             + tuple(f"wire_{r}" for r in wire.REASONS))
 OFF_COUNTERS = OFF_HEARD + SLOT * len(PATHS)
 COUNTER = struct.Struct("<Q")

@@ -10,6 +10,7 @@ import mmap
 import multiprocessing
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -419,6 +420,7 @@ def test_a_hello_heard_while_the_beat_was_stopped_keeps_its_arrival_time(beats):
         def send():
             peer.sendto(codec.encode(Message(unit=2, epoch=codec.epoch, xmit=1,
                                              sections=((HELLO, (HELLO_A,)),))), ("127.0.0.1", fa))
+        assert wait(lambda: a.block.watch().looked_ns > 0)      # its loop runs
         os.kill(a.pid, signal.SIGSTOP)
         time.sleep(0.05)
         until, _ = a.watched()
@@ -426,6 +428,10 @@ def test_a_hello_heard_while_the_beat_was_stopped_keeps_its_arrival_time(beats):
         assert until < stopped_at - 20              # overdue: it listened only until its wake
         send()
         sent_at = time.monotonic_ns() // 1_000_000
+        # not overdue yet (as of its own wake), but a datagram waits unread in its socket
+        # (the daemon holds copies of the beat's sockets): it listened until its last read
+        w = a.block.watch()
+        assert a._socks and wait(lambda: a.watched(w.wake_by_ns)[0] == w.looked_ns // 1_000_000), (w, a.watched(w.wake_by_ns), select.select(a._socks, [], [], 0))
         time.sleep(0.2)
         os.kill(a.pid, signal.SIGCONT)
         got = []
@@ -440,4 +446,34 @@ def test_a_hello_heard_while_the_beat_was_stopped_keeps_its_arrival_time(beats):
         assert until >= time.monotonic_ns() // 1_000_000 - 50
     finally:
         os.kill(a.pid, signal.SIGCONT)
+        peer.close()
+
+
+def test_the_backup_thread_sends_when_the_main_one_does_not():
+    """The main thread is held (here: never runs): the backup sends a round every 1.5 polls,
+    counted (tx_backup); the peer's codec accepts every one."""
+    from replication.beat import _backup, _Path, _Sender
+    block = Block(bytearray(beatshm.SIZE))
+    block.init()
+    block.set_ours(HELLO_A)                         # poll 5 ms
+    block.set_alive(time.monotonic_ns())
+    fa, fb = free_port(), free_port()
+    path = _Path("failover", ("127.0.0.1", fa), ("127.0.0.1", fb), KEY, 1, block)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", fb))
+    peer.settimeout(1)
+    stop = threading.Event()
+    t = threading.Thread(target=_backup, args=(block, _Sender(block, [path], os.getpid()), None, stop))
+    t.start()
+    try:
+        codec = Codec(KEY, 2)
+        got = [codec.decode(peer.recv(2048)) for _ in range(20)]
+        assert all(m is not None and m.sections[0][1][0] == HELLO_A for m in got)
+        c = block.counters()
+        assert c["tx_backup"] >= 20 and c["tx_failover"] == c["tx_backup"], c
+        assert c["tx_gap_max_ms"] >= 7                  # 1.5 polls between rounds, no burst
+    finally:
+        stop.set()
+        t.join()
+        path.sock.close()
         peer.close()

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             c = request(str(units[u].socket), "counters")["replication"]
             det = {k: v for k, v in c.items() if k.startswith(("detect_", "carrier_", "role_"))
                    and not k.startswith(("detect_hellos_",))
-                   or k.startswith("beat_") and ("_max_ms" in k or k.startswith("beat_held"))}
+                   or k.startswith("beat_") and ("_max_ms" in k or k.startswith(("beat_held", "beat_pauses",
+                                                                                 "beat_tx_backup")))}
             print(f"soak: {u} {st['role']}: {det}")
             bad.update({f"{u}.{k}": c.get(k, 0) - base[u].get(k, 0) for k in FALSE
                         if c.get(k, 0) != base[u].get(k, 0)})
