@@ -22,8 +22,8 @@ Events (edges, one per episode, never repeated every poll):
   alone); or, faster, the failover link's carrier dropped (the peer's end vanished) and
   no hello came on a data interface within ``confirm_polls`` polls after the drop.
 - PEER_LINK_DOWN: the carrier dropped: a hint, sent at once; the role waits.
-- DATA_LINK_PEER_ALIVE: the failover link is down or silent for the hold time but
-  the peer still answers on a data interface: do NOT take over (split link).
+- DATA_LINK_PEER_ALIVE: the failover link is down or silent for ``SPLIT_HOLDS`` hold
+  times but the peer still answers on a data interface: do NOT take over (split link).
 
 A new episode starts when a hello arrives again (PEER_SILENT can come once more).
 
@@ -57,6 +57,7 @@ DEFAULT_HOLD_MS = 50
 CONFIRM_POLLS = 2
 MIN_HOLD_POLLS = 3
 PAUSE_GRACE_POLLS = 2
+SPLIT_HOLDS = 2                 # a split link: the failover link silent this many hold times
 
 
 class TimerError(ValueError):
@@ -256,7 +257,11 @@ class Detector:
             # back may come on a data leg a moment before the failover link's
             fo = self.last[FAILOVER]
             fo_last = max(fo if fo is not None else self.started, self.back_at)
-            fo_dead = not self.carrier_up or fo_last + self.hold_ms + self._unobserved(now, fo_last) <= now
+            # (two hold times, not one: nobody moves on a split, so it can wait; on a busy
+            # machine one path's hellos can be a hold time late behind a backlog while the
+            # others' come through, and that is no cut)
+            fo_dead = not self.carrier_up or (fo_last + SPLIT_HOLDS * self.hold_ms
+                                              + self._unobserved(now, fo_last) <= now)
             # the data legs must have gone on answering after the failover link went quiet:
             # a peer that died falls silent on every path within a poll, and its failover
             # hold expires a moment before its data holds (no split for that)

@@ -356,3 +356,17 @@ def test_a_pause_of_ours_makes_no_split_link():
     det.hello(FAILOVER)
     assert run(det, clock, 100, peer_paths=(FAILOVER, "inside")) == []
     assert det.counters["split_link"] == 0
+
+
+def test_a_failover_link_a_hold_time_late_is_no_split_yet():
+    """Its hellos stuck a hold time behind a backlog while the data legs' come through: a
+    split needs SPLIT_HOLDS hold times of silence on the failover link."""
+    from replication.detect import SPLIT_HOLDS
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 100, peer_paths=(FAILOVER, "inside", "outside"))
+    assert run(det, clock, SPLIT_HOLDS * HOLD - POLL, peer_paths=("inside", "outside")) == []
+    det.hello(FAILOVER)
+    assert run(det, clock, 100, peer_paths=(FAILOVER, "inside", "outside")) == []
+    ev = run(det, clock, SPLIT_HOLDS * HOLD + POLL, peer_paths=("inside", "outside"))
+    assert [e for _, e in ev] == [Ev.DATA_LINK_PEER_ALIVE] and det.counters["split_link"] == 1
