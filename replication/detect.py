@@ -35,7 +35,9 @@ of its own before it can be failed (when the whole machine stalled, the peer's h
 stalled too; they come a moment after we resume). The bound this adds to a real failure's
 detection: the pauses of our own listener that fall inside the hold time, and at most
 ``PAUSE_GRACE_POLLS`` x ``poll_ms`` after the last of them; without pauses, none. Counted:
-observer_pauses, observer_paused_ms (their total) and observer_pause_max_ms; logged.
+observer_pauses, observer_paused_ms (their total) and observer_pause_max_ms; and
+silent_spared, the silences that would have failed the peer but for our pauses (each
+logged as a warning).
 
 Counters: hellos_rx_<path>, hellos_tx_<path>, carrier_down, carrier_up,
 silent_hold, silent_carrier, split_link, peer_back; and max_silence_ms, the longest time
@@ -106,6 +108,7 @@ class Detector:
         self._next_send = now
         self._quiet_until = now         # start(): no PEER_SILENT before this
         self._fresh_until = now         # after a pause of ours: no PEER_SILENT before this
+        self._spared = False            # "spared by our own pause" logged in this episode
         self._pauses: collections.deque[tuple[int, int]] = collections.deque(maxlen=256)
         self._out: list[tuple[RoleEvent, str]] = []
         self.counters: collections.Counter[str] = collections.Counter()
@@ -166,6 +169,7 @@ class Detector:
             if silence > self.counters["max_silence_ms"]:
                 self.counters["max_silence_ms"] = silence
         self.last_any = max(self.last_any, now)
+        self._spared = False
         while self._pauses and self._pauses[0][1] <= self.last_any - 2 * self.hold_ms:
             self._pauses.popleft()          # kept a while: the split check looks further back
         self._quiet_until = min(self._quiet_until, self.last_any)   # the start-up grace is for a peer not heard yet
@@ -194,8 +198,7 @@ class Detector:
         self.counters["observer_paused_ms"] += end - start
         if end - start > self.counters["observer_pause_max_ms"]:
             self.counters["observer_pause_max_ms"] = end - start
-        LOG.info("%s our listener paused %d ms: not the peer's silence; peer judged again "
-                 "from %d ms after it", self.name, end - start, PAUSE_GRACE_POLLS * self.poll_ms)
+        LOG.debug("%s our listener paused %d ms", self.name, end - start)
 
     def _unobserved(self, now: int, since: int | None = None) -> int:
         """How much of the time since the last hello (or ``since``) our listener was paused."""
@@ -252,7 +255,14 @@ class Detector:
             out.append(self._silent(f"no hello on any path for {now - self.last_any} ms "
                                     f"(hold {self.hold_ms} ms" +
                                     (f"; {unseen} ms of it our own pause)" if unseen else ")")))
-        elif not self.split and self._confirm_deadline is None:
+        elif now - self.last_any >= self.hold_ms and now >= self._quiet_until and not self._spared:
+            # the peer would have been failed but for our own pauses: say so, once an episode
+            self._spared = True
+            self.counters["silent_spared"] += 1
+            LOG.warning("%s no hello for %d ms (hold %d ms), but %d ms of it our listener was "
+                        "paused (not running): not the peer's silence, no takeover", self.name,
+                        now - self.last_any, self.hold_ms, now - self.last_any - self.silence(now))
+        if not self.silent and not self.split and self._confirm_deadline is None:
             # a new episode gives the failover link a hold time of its own: the first hello
             # back may come on a data leg a moment before the failover link's
             fo = self.last[FAILOVER]

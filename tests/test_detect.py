@@ -337,7 +337,20 @@ def test_the_silence_log_says_how_much_was_our_pause(caplog):
         det.paused(t0 + 10, t0 + 20)
         events = run(det, clock, 60)
     assert events[0][1] is Ev.PEER_SILENT
-    assert "our listener paused 10 ms" in caplog.text and "10 ms of it our own pause" in caplog.text
+    assert "10 ms of it our own pause" in caplog.text
+
+
+def test_a_silence_spared_by_our_pause_is_counted_and_logged_once(caplog):
+    clock = Clock()
+    det = _heard_then_quiet(clock)
+    t0 = clock.t
+    clock.t = t0 + 45
+    det.paused(t0 + 5, t0 + 45)
+    with caplog.at_level("WARNING", logger="natpair"):
+        assert run(det, clock, 20) == []            # raw silence 50..65 ms: spared
+        det.hello(FAILOVER)
+    assert det.counters["silent_spared"] == 1 and det.counters["silent_hold"] == 0
+    assert caplog.text.count("our listener was paused") == 1 and "no takeover" in caplog.text
 
 
 def test_a_pause_of_ours_makes_no_split_link():
