@@ -76,7 +76,7 @@ PR_SET_PDEATHSIG = 1
 MCL_CURRENT, MCL_FUTURE = 1, 2
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)     # Linux (x86, arm64); = SCM_TIMESTAMPNS
 TIMESPEC = struct.Struct("@qq")
-CLOCK_STEP_NS = 1_000_000_000   # a kernel stamp this far from the read time: a clock step, not a wait
+CLOCK_STEP_NS = 2_000_000_000   # a kernel stamp this far from the read time: a clock step, not a wait
 TRACE_ENV = "NATPAIR_BEAT_TRACE"
 
 
