@@ -410,7 +410,8 @@ class _Watcher:
 
     def __init__(self, block: Block, trace=None):
         self.block, self.trace = block, trace
-        self.looked = self.wake_by = self.paused = self.resumed = 0
+        self.looked = self.wake_by = self.paused = self.resumed = self.woke_ns = 0
+        self.poll_ms = 5
 
     def waiting(self, wake_by_ns: int) -> None:
         self.wake_by = wake_by_ns
@@ -418,18 +419,26 @@ class _Watcher:
 
     def woke(self, woke_ns: int, poll_ms: int) -> None:
         """Back from waiting at ``woke_ns``: a pause if that is well after the wake asked for."""
-        late = woke_ns - self.wake_by
-        if self.wake_by and late > beatshm.pause_ms(poll_ms) * 1_000_000:
+        self.woke_ns, self.poll_ms = woke_ns, poll_ms
+        if self.wake_by:
+            self._pause(self.wake_by, woke_ns)
+
+    def looked_now(self) -> None:
+        """Done reading: a pause too if that took a poll (held mid-way: nobody listened)."""
+        self.looked = time.monotonic_ns()
+        if self.woke_ns:
+            self._pause(self.woke_ns, self.looked)
+        self._publish()
+
+    def _pause(self, start: int, end: int) -> None:
+        late = end - start
+        if late > beatshm.pause_ms(self.poll_ms) * 1_000_000:
             self.paused += late
-            self.resumed = woke_ns
+            self.resumed = end
             self.block.bump("pauses")
             self.block.set_max("pause_max_ms", late // 1_000_000)
             if self.trace is not None:
                 self.trace(f"pause {late / 1e6:.1f} ms")
-
-    def looked_now(self) -> None:
-        self.looked = time.monotonic_ns()
-        self._publish()
 
     def _publish(self) -> None:
         self.block.set_watch(beatshm.Watch(self.looked, self.wake_by, self.paused, self.resumed))

@@ -25,7 +25,8 @@ u64s fall on 8-byte boundaries):
                 last came back from waiting and read its sockets), wake_by_ns (the latest
                 time it asked to be woken by, as it went to wait), paused_ns (the total of
                 its pauses), resumed_ns (the end of its last pause). A pause: the beat woke
-                more than ``pause_ms(poll)`` after it asked (it was not running: the CPU was
+                more than ``pause_ms(poll)`` after it asked, or took that long from its
+                wake to the end of its reading (it was not running: the CPU was
                 held by a kernel path that does not preempt, or the VM was stopped); while
                 it is paused nobody listens, so the daemon's detector must not count that
                 time as the peer's silence (replication.detect ``Detector.paused``)

@@ -277,7 +277,7 @@ class Detector:
             # hold expires a moment before its data holds (no split for that)
             if fo_dead and any(t is not None and now - t < self.hold_ms and t >= fo_last + self.poll_ms
                                for p, t in self.last.items() if p != FAILOVER):
-                self._split("failover link silent for the hold time, peer answers on a data interface")
+                self._split(f"failover link silent for {SPLIT_HOLDS} hold times, peer answers on a data interface")
         out.extend(self._out)
         self._out = []
         return out
