@@ -60,8 +60,8 @@ UDP_TIMEOUT_MIN = 120            # RFC 4787 REQ-5: at least 2 minutes
 TIMEOUT_MAX_S = (1 << 32) // 1000 - 1
 FAILOVER_KEY_MIN = 32            # bytes of the HMAC-SHA256 key, at least its output size
 FAILOVER_PORT = 7788             # the failover link's UDP port when an address names none
-FAILOVER_POLL_MS = 5              # measured: no false failover in 10 min of iperf3 at 13 Gbit/s
-FAILOVER_HOLD_MS = 20             # through the lab pair (2 vCPU), with hold = 4 x poll
+FAILOVER_POLL_MS = 3              # hold = 5 x poll: the hellos of a unit whose CPUs stall for
+FAILOVER_HOLD_MS = 15             # 5-10 ms come late, not missing (README, "Timers")
 VIP_MAX = 16
 VMAC_OUI = (0x02, 0x4E, 0x50)     # locally administered ("NP"): 02:4e:50:<group>:00:<leg>
 LEG_NUMBER = {"inside": 1, "outside": 2}

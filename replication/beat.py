@@ -12,13 +12,31 @@ process has its own interpreter and GIL, runs at SCHED_FIFO and does only this:
   untouched), and each data leg (the sockets replication.datapath.DataHellos held, on
   the failover port: dataplane.rules.HelloAccept lets them past NFQUEUE); each path has
   its own Codec (HMAC-SHA256 under the failover key, its own epoch and replay window);
-- every valid HELLO from the peer's address on a path: its receive time (CLOCK_MONOTONIC)
-  and content into that path's slot of the shared block; forged, replayed, foreign or
+- every valid HELLO from the peer's address on a path: its arrival time and content into
+  that path's slot of the shared block. The arrival is the kernel's receive timestamp
+  (SO_TIMESTAMPNS, moved to CLOCK_MONOTONIC), not the time this process got around to
+  reading it: a hello that waited in the socket while the beat could not run was still
+  heard in time (rx_late_max_ms: the longest such wait); forged, replayed, foreign or
   non-HELLO datagrams are counted per reason and per path, never passed on;
 - it sends only what the daemon wrote (``Block.ours``), only while the daemon runs (not
   stopped: SIGSTOP, a power cut's freeze, a debugger; /proc/<pid>/stat) and its
   replication thread is stepping (``beatshm.STALE_MS``): a frozen or hung daemon falls
-  silent (counted: held_daemon_stopped, held_daemon_stuck).
+  silent (counted: held_daemon_stopped, held_daemon_stuck);
+- what it watched (``beatshm.Watch``): when it last read its sockets, when it asked to be
+  woken, and its pauses: a wake later than ``beatshm.pause_ms(poll)`` after it asked means
+  the beat was not running (measured on the 2-vCPU lab VM under iperf3: the kernel there
+  does not preempt (PREEMPT_NONE), so a SCHED_FIFO task waits up to ~100 ms for a long
+  kernel path on its CPU). Nobody listened meanwhile: the daemon's detector does not count
+  that time as the peer's silence. Counted: pauses, pause_max_ms; with NATPAIR_BEAT_TRACE
+  set, each pause and late hello is a line in ``$NATPAIR_BEAT_TRACE.<unit>``.
+
+A second thread, pinned to another CPU, sends a round of hellos when the main thread is
+half a poll late with one: the stalls above hold one CPU (the main thread runnable, waiting
+for it), rarely both at once (tx_backup counts its rounds, tx_gap_max_ms the longest time
+between two rounds by either).
+
+The process locks its memory (no page fault in the loop) and freezes the start-up objects
+out of the garbage collector's sight (a full collection only walks what the loop made).
 
 The block (replication.beatshm) lives in a memfd the daemon passes (``--fd``); the
 config (key, unit id, paths, the daemon's pid) comes as one JSON line on stdin. stdin
@@ -32,14 +50,17 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import mmap
 import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +73,11 @@ RT_PRIORITY = 20                # above the daemon's replication thread (10)
 START_TIMEOUT_S = 10
 RX_BURST = 64                   # datagrams read per socket per wake: a flood cannot pin the CPU
 PR_SET_PDEATHSIG = 1
+MCL_CURRENT, MCL_FUTURE = 1, 2
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)     # Linux (x86, arm64); = SCM_TIMESTAMPNS
+TIMESPEC = struct.Struct("@qq")
+CLOCK_STEP_NS = 2_000_000_000   # a kernel stamp this far from the read time: a clock step, not a wait
+TRACE_ENV = "NATPAIR_BEAT_TRACE"
 
 
 def monotonic_ms() -> int:
@@ -59,6 +85,34 @@ def monotonic_ms() -> int:
 
 
 # ---- the daemon's side ----
+
+SYS_PIDFD_GETFD = {"x86_64": 438, "aarch64": 438}
+
+
+def _peek_fds(pid: int, fds: str) -> list[int]:
+    """Copies of the beat's sockets (pidfd_getfd), for the daemon to see whether datagrams
+    wait unread in them; [] where the kernel does not allow it (then only the beat's own
+    wakes say when it stopped listening)."""
+    nr = SYS_PIDFD_GETFD.get(os.uname().machine)
+    if not fds or nr is None:
+        return []
+    out: list[int] = []
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return []
+    try:
+        for f in fds.split(","):
+            fd = libc.syscall(nr, pidfd, int(f), 0)
+            if fd < 0:
+                for x in out:
+                    os.close(x)
+                return []
+            out.append(fd)
+    finally:
+        os.close(pidfd)
+    return out
 
 class Beat:
     """Starts the beat process and talks to it through the block. ``paths``: (name,
@@ -71,9 +125,11 @@ class Beat:
         self.paths = tuple(name for name, _, _ in paths)
         self.data_paths = tuple(n for n in self.paths if n != beatshm.PATHS[0])
         self._last: dict[str, int] = dict.fromkeys(self.paths, 0)
+        self._paused_ns = 0
         self._ours: wire.Hello | None = None
         self._fd = os.memfd_create("natpair-beat")
         self._wake = self._proc = None
+        self._socks: list[int] = []     # the beat's sockets, ours to look at (never read)
         try:
             os.ftruncate(self._fd, beatshm.SIZE)
             self._mm = mmap.mmap(self._fd, beatshm.SIZE)
@@ -116,8 +172,10 @@ class Beat:
         finally:
             os.close(ready_r)
         text = answer.decode(errors="replace").strip()
-        if text != "ready":
+        word, _, fds = text.partition(" ")
+        if word != "ready":
             raise RuntimeError(f"beat: {text or 'exited at start'}")
+        self._socks = _peek_fds(self._proc.pid, fds)
 
     @property
     def pid(self) -> int:
@@ -139,6 +197,36 @@ class Beat:
             os.write(self._wake, b"!")
         except BlockingIOError:         # a full pipe: wake-ups already wait
             pass
+
+    def watched(self, now_ns: int | None = None) -> tuple[int, list[tuple[int, int]]]:
+        """(until when the beat has been listening, in monotonic ms; its pauses since the
+        last call, (start, end) in ms). Listening: waiting for a datagram or its next send,
+        or reading; a beat overdue by more than ``beatshm.pause_ms`` is paused right now
+        (not running): it listened only until the wake it asked for. Several pauses between
+        two calls come as one, ending at the last (their total length)."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        try:
+            w = self.block.watch()
+        except beatshm.Torn:
+            return now_ns // 1_000_000, []
+        if self._socks and w.looked_ns:
+            try:
+                unread = select.select(self._socks, [], [], 0)[0]
+            except (OSError, ValueError):
+                unread = []
+            if unread:
+                # datagrams wait that the beat has not read (it is not running, though not
+                # overdue yet): it listened only until it last read
+                now_ns = min(now_ns, w.looked_ns)
+        pauses = []
+        if w.paused_ns > self._paused_ns:
+            pauses.append(((w.resumed_ns - (w.paused_ns - self._paused_ns)) // 1_000_000,
+                           w.resumed_ns // 1_000_000))
+            self._paused_ns = w.paused_ns
+        poll = self._ours.poll_ms if self._ours is not None else 5
+        overdue = w.wake_by_ns and now_ns > w.wake_by_ns + beatshm.pause_ms(poll) * 1_000_000
+        until = max(w.looked_ns, w.wake_by_ns) if overdue else now_ns
+        return until // 1_000_000, pauses
 
     def heard(self) -> list[tuple[str, int, int, wire.Hello]]:
         """(path, heard at in monotonic ms, peer unit, hello) for each path that heard a
@@ -173,6 +261,9 @@ class Beat:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        for fd in getattr(self, "_socks", ()):
+            os.close(fd)
+        self._socks = []
         if getattr(self, "_mm", None) is not None:
             self._mm.close()
             self._mm = None
@@ -189,6 +280,10 @@ class _Path:
         self.block = block
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:                 # no kernel stamps: the read time stands in
+            pass
         try:
             self.sock.bind((local[0], int(local[1])))
         except OSError as e:
@@ -210,16 +305,21 @@ class _Path:
         except OSError:                 # the leg is down or gone: like a loss on the wire
             self.block.bump(f"tx_errors_{self.name}")
 
-    def receive(self) -> None:
+    def receive(self, trace=None) -> None:
+        # the kernel stamps in CLOCK_REALTIME: the offset to CLOCK_MONOTONIC as of now
+        offset = time.time_ns() - time.monotonic_ns()
         for _ in range(RX_BURST):
             try:
-                data, addr = self.sock.recvfrom(2048)
+                data, anc, _flags, addr = self.sock.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:             # ICMP errors reported on the socket
                 self.block.bump(f"rx_socket_errors_{self.name}")
                 continue
-            at = time.monotonic_ns()
+            read = time.monotonic_ns()
+            at = arrival(anc, read, offset)
+            if read - at > 0:
+                self.block.set_max("rx_late_max_ms", (read - at) // 1_000_000)
             if addr[0] != self.peer[0]:
                 self.block.bump(f"rx_wrong_source_{self.name}")
                 continue
@@ -235,8 +335,24 @@ class _Path:
             self.block.set_heard(self.name, Heard(self.count, at, msg.unit, hellos[-1]))
             self.block.bump(f"rx_{self.name}")
             if self.last_ns:
-                self.block.set_max(f"rx_gap_max_ms_{self.name}", (at - self.last_ns) // 1_000_000)
-            self.last_ns = at
+                gap = (at - self.last_ns) // 1_000_000
+                self.block.set_max(f"rx_gap_max_ms_{self.name}", gap)
+                if trace is not None and gap > 2 * max(1, hellos[-1].poll_ms):
+                    trace(f"rx_gap {self.name} {gap} ms, read {(read - at) / 1e6:.1f} ms after arrival")
+            self.last_ns = max(self.last_ns, at)
+
+
+def arrival(anc, read_ns: int, offset_ns: int) -> int:
+    """When a datagram arrived (CLOCK_MONOTONIC ns): its kernel stamp from ``anc`` (recvmsg's
+    ancillary data) less ``offset_ns`` (realtime - monotonic), or ``read_ns`` without one or
+    when the stamp is implausible (after the read, or a clock step away from it)."""
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
+            sec, nsec = TIMESPEC.unpack_from(data)
+            at = sec * 1_000_000_000 + nsec - offset_ns
+            if read_ns - CLOCK_STEP_NS < at <= read_ns:
+                return at
+    return read_ns
 
 
 class _BlockCounters(Counters):
@@ -289,40 +405,175 @@ def _running(stat: str) -> bool:
     return state not in (b"T", b"t", b"Z", b"X")
 
 
-def run(block: Block, paths: list[_Path], cmd_fd: int, parent: int) -> None:
-    parent_stat = f"/proc/{parent}/stat"
+class _Watcher:
+    """The beat's own wakes: what it publishes as ``beatshm.Watch``, and its pauses."""
+
+    def __init__(self, block: Block, trace=None):
+        self.block, self.trace = block, trace
+        self.looked = self.wake_by = self.paused = self.resumed = self.woke_ns = 0
+        self.poll_ms = 5
+
+    def waiting(self, wake_by_ns: int) -> None:
+        self.wake_by = wake_by_ns
+        self._publish()
+
+    def woke(self, woke_ns: int, poll_ms: int) -> None:
+        """Back from waiting at ``woke_ns``: a pause if that is well after the wake asked for."""
+        self.woke_ns, self.poll_ms = woke_ns, poll_ms
+        if self.wake_by:
+            self._pause(self.wake_by, woke_ns)
+
+    def looked_now(self) -> None:
+        """Done reading: a pause too if that took a poll (held mid-way: nobody listened)."""
+        self.looked = time.monotonic_ns()
+        if self.woke_ns:
+            self._pause(self.woke_ns, self.looked)
+        self._publish()
+
+    def _pause(self, start: int, end: int) -> None:
+        late = end - start
+        if late > beatshm.pause_ms(self.poll_ms) * 1_000_000:
+            self.paused += late
+            self.resumed = end
+            self.block.bump("pauses")
+            self.block.set_max("pause_max_ms", late // 1_000_000)
+            if self.trace is not None:
+                self.trace(f"pause {late / 1e6:.1f} ms")
+
+    def _publish(self) -> None:
+        self.block.set_watch(beatshm.Watch(self.looked, self.wake_by, self.paused, self.resumed))
+
+
+class _Sender:
+    """A round of hellos on every path, from either thread: one at a time (each path's
+    sequence numbers), and only while the daemon runs and steps."""
+
+    def __init__(self, block: Block, paths: list[_Path], parent: int):
+        self.block, self.paths = block, paths
+        self.parent_stat = f"/proc/{parent}/stat"
+        self.lock = threading.Lock()
+        self.last_ms = 0                # the last round (sent or held back)
+
+    def send(self, ours: wire.Hello, backup: bool = False) -> None:
+        with self.lock:
+            now = monotonic_ms()
+            if self.last_ms:
+                self.block.set_max("tx_gap_max_ms", now - self.last_ms)
+            self.last_ms = now
+            if not _running(self.parent_stat):
+                self.block.bump("held_daemon_stopped")      # frozen: the peer must see it dead
+                return
+            if time.monotonic_ns() - self.block.alive() > beatshm.STALE_MS * 1_000_000:
+                self.block.bump("held_daemon_stuck")        # the daemon's loop is stuck: likewise
+                return
+            for p in self.paths:
+                p.send(ours)
+            if backup:
+                self.block.bump("tx_backup")
+
+
+def _cpus(unit: int) -> tuple[int, int] | None:
+    """(the main thread's CPU, the backup's): two different CPUs of ours, the pair's two
+    units on different ones where they share a machine (the lab); None with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    i = unit % len(cpus)
+    return cpus[i], cpus[(i + 1) % len(cpus)]
+
+
+def _backup(block: Block, sender: _Sender, cpu: int | None, stop: threading.Event | None = None) -> None:
+    """Sends a round when the main thread is half a poll late with one (its CPU held)."""
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+    ours = None
+    while stop is None or not stop.is_set():
+        ours = _ours(block, ours)
+        if ours is None:
+            time.sleep(0.005)
+            continue
+        poll = max(1, ours.poll_ms)
+        due = sender.last_ms + poll + max(1, poll // 2)
+        now = monotonic_ms()
+        if now < due:
+            time.sleep((due - now) / 1000)
+            continue
+        sender.send(ours, backup=True)
+
+
+def run(block: Block, paths: list[_Path], cmd_fd: int, parent: int, trace=None,
+        cpus: tuple[int, int] | None = None) -> None:
+    sender = _Sender(block, paths, parent)
+    if cpus is not None:
+        try:
+            os.sched_setaffinity(0, {cpus[0]})
+        except OSError:
+            pass
+        threading.Thread(target=_backup, args=(block, sender, cpus[1]), daemon=True,
+                         name="beat-backup").start()
     next_send = 0
     socks = {p.sock.fileno(): p for p in paths}
     fds = [cmd_fd, *socks]
     ours = None
+    watch = _Watcher(block, trace)
     while True:
-        now = monotonic_ms()
+        now_ns = time.monotonic_ns()
+        now = now_ns // 1_000_000
         ours = _ours(block, ours)
         now_asked = False
         wait_ms = 5 if ours is None else max(0, next_send - now)     # none yet: look again soon
+        watch.waiting(now_ns + wait_ms * 1_000_000)
         ready = select.select(fds, [], [], wait_ms / 1000)[0]
+        # a wake for a datagram comes before the deadline: only a late one can be a pause
+        watch.woke(time.monotonic_ns(), ours.poll_ms if ours is not None else 5)
         for fd in ready:
             if fd == cmd_fd:
                 if not os.read(cmd_fd, 4096):
                     return                  # the daemon is gone
                 now_asked = True
             else:
-                socks[fd].receive()
+                socks[fd].receive(trace)
+        watch.looked_now()
         now = monotonic_ms()
         ours = _ours(block, ours)
         if ours is None or not (now_asked or now >= next_send):
             continue
+        if sender.last_ms + max(1, ours.poll_ms) > now and not now_asked:
+            next_send = sender.last_ms + max(1, ours.poll_ms)   # the backup sent meanwhile
+            continue
         if next_send and not now_asked:
             block.set_max("tx_late_max_ms", now - next_send)
+            if trace is not None and now - next_send > ours.poll_ms:
+                trace(f"tx_late {now - next_send} ms")
         next_send = now + max(1, ours.poll_ms)      # no catch-up bursts
-        if not _running(parent_stat):
-            block.bump("held_daemon_stopped")       # frozen: the peer must see it dead
-            continue
-        if time.monotonic_ns() - block.alive() > beatshm.STALE_MS * 1_000_000:
-            block.bump("held_daemon_stuck")         # the daemon's loop is stuck: likewise
-            continue
-        for p in paths:
-            p.send(ours)
+        sender.send(ours)
+
+
+def _tracer(unit: int):
+    """``trace(line)`` appending to ``$NATPAIR_BEAT_TRACE.<unit>`` (a diagnosis aid), or None."""
+    base = os.environ.get(TRACE_ENV)
+    if not base:
+        return None
+    f = open(f"{base}.{unit}", "a", buffering=1)
+
+    def trace(line: str) -> None:
+        f.write(f"{time.monotonic_ns() // 1_000_000} {line}\n")
+    return trace
+
+
+def _steady() -> None:
+    """No page fault and no long collection in the loop: memory locked, start-up objects frozen."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
+            print(f"beat: mlockall refused ({os.strerror(ctypes.get_errno())})", file=sys.stderr)
+    except OSError:
+        pass
+    gc.collect()
+    gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         key = bytes.fromhex(cfg["key"])
         for name, local, peer in cfg["paths"]:
             paths.append(_Path(name, local, peer, key, int(cfg["unit"]), block))
+        _steady()
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(cfg["rt_priority"])))
         except OSError as e:
@@ -347,10 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         os.write(a.ready, f"{e}\n".encode())
         return 1
-    os.write(a.ready, b"ready\n")
+    os.write(a.ready, f"ready {','.join(str(p.sock.fileno()) for p in paths)}\n".encode())
     os.close(a.ready)
     try:
-        run(block, paths, 0, int(cfg["parent"]))
+        run(block, paths, 0, int(cfg["parent"]), _tracer(int(cfg["unit"])), _cpus(int(cfg["unit"])))
     finally:
         for p in paths:
             p.sock.close()

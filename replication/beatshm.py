@@ -16,7 +16,20 @@ u64s fall on 8-byte boundaries):
      184  8xN   counters (u64, beat -> daemon, one writer each): ``COUNTERS``; the *_max_ms
                 ones are the largest seen: rx_gap_max_ms_<path>, between two valid hellos
                 heard on the path (the peer's lateness plus the network's plus ours), and
-                tx_late_max_ms, how late the beat sent a hello after it was due (ours)
+                tx_late_max_ms, how late the beat's main thread sent a hello after it was
+                due (ours); tx_gap_max_ms, the longest time between two rounds of our
+                hellos (either thread); tx_backup, rounds the backup thread sent because
+                the main one was late; pauses and pause_max_ms, the main thread's own
+                stalls (below); rx_late_max_ms, the longest a hello waited in its socket
+   184+8N   32  watch (beat -> daemon): seq (u32), pad, then (``WATCH``) looked_ns (the beat
+                last came back from waiting and read its sockets), wake_by_ns (the latest
+                time it asked to be woken by, as it went to wait), paused_ns (the total of
+                its pauses), resumed_ns (the end of its last pause). A pause: the beat woke
+                more than ``pause_ms(poll)`` after it asked, or took that long from its
+                wake to the end of its reading (it was not running: the CPU was
+                held by a kernel path that does not preempt, or the VM was stopped); while
+                it is paused nobody listens, so the daemon's detector must not count that
+                time as the peer's silence (replication.detect ``Detector.paused``)
 
 Every record is a seqlock: the writer makes seq odd, writes, makes it even again; a
 reader retries while seq is odd or changed under it, so neither side uses a torn
@@ -33,7 +46,7 @@ from typing import NamedTuple
 from replication import wire
 
 MAGIC = b"NPBT"
-VERSION = 1
+VERSION = 2
 PATHS = ("failover", "inside", "outside")
 STALE_MS = 1000                 # > the 500 ms stalls of the replication thread measured under load
 
@@ -48,16 +61,32 @@ OFF_HEARD = 40
 SLOT = 48
 _PER_PATH = ("tx", "tx_errors", "rx", "rx_rejected", "rx_wrong_source", "rx_not_hello",
              "rx_socket_errors", "rx_gap_max_ms")
-COUNTERS = (tuple(f"{k}_{p}" for p in PATHS for k in _PER_PATH) + ("held_daemon_stuck", "held_daemon_stopped",
-                                                                   "tx_late_max_ms")
+COUNTERS = (tuple(f"{k}_{p}" for p in PATHS for k in _PER_PATH)
+            + ("held_daemon_stuck", "held_daemon_stopped", "tx_late_max_ms", "pauses", "pause_max_ms",
+               "rx_late_max_ms", "tx_backup", "tx_gap_max_ms")
             + tuple(f"wire_{r}" for r in wire.REASONS))
 OFF_COUNTERS = OFF_HEARD + SLOT * len(PATHS)
 COUNTER = struct.Struct("<Q")
-SIZE = OFF_COUNTERS + COUNTER.size * len(COUNTERS)
+OFF_WATCH = OFF_COUNTERS + COUNTER.size * len(COUNTERS)
+WATCH = struct.Struct("<4xQQQQ")             # after the u32 seq: pad, looked, wake_by, paused, resumed
+SIZE = OFF_WATCH + SEQ.size + WATCH.size
 RETRIES = 10000
 
 assert SEQ.size + OURS.size <= OFF_HEARD - OFF_OURS and SEQ.size + HEARD.size <= SLOT
 assert OFF_HEARD == 40 and OFF_COUNTERS == 184
+
+
+class Watch(NamedTuple):
+    looked_ns: int          # the beat last read its sockets (CLOCK_MONOTONIC)
+    wake_by_ns: int         # it went to wait asking to be woken by then
+    paused_ns: int          # the total of its pauses so far
+    resumed_ns: int         # the end of its last pause (0: none yet)
+
+
+def pause_ms(poll_ms: int) -> int:
+    """How late a wake must be to be a pause of the beat: a whole poll (it missed a hello
+    of its own), at least 2 ms (below that, the timer's and the scheduler's own jitter)."""
+    return max(2, poll_ms)
 
 
 class Heard(NamedTuple):
@@ -131,6 +160,12 @@ class Block:
     def heard(self, path: str) -> Heard | None:
         seq, v = _read(self.buf, OFF_HEARD + SLOT * PATHS.index(path), HEARD)
         return None if seq == 0 else Heard(v[0], v[1], v[2], wire.Hello(*v[3:]))
+
+    def set_watch(self, watch: Watch) -> None:
+        _write(self.buf, OFF_WATCH, WATCH, watch)
+
+    def watch(self) -> Watch:
+        return Watch(*_read(self.buf, OFF_WATCH, WATCH)[1])
 
     def bump(self, name: str, n: int = 1) -> None:
         off = OFF_COUNTERS + COUNTER.size * COUNTERS.index(name)

@@ -22,13 +22,27 @@ Events (edges, one per episode, never repeated every poll):
   alone); or, faster, the failover link's carrier dropped (the peer's end vanished) and
   no hello came on a data interface within ``confirm_polls`` polls after the drop.
 - PEER_LINK_DOWN: the carrier dropped: a hint, sent at once; the role waits.
-- DATA_LINK_PEER_ALIVE: the failover link is down or silent for the hold time but
-  the peer still answers on a data interface: do NOT take over (split link).
+- DATA_LINK_PEER_ALIVE: the failover link is down or silent for ``SPLIT_HOLDS`` hold
+  times but the peer still answers on a data interface: do NOT take over (split link).
 
 A new episode starts when a hello arrives again (PEER_SILENT can come once more).
+
+Only a silence this unit observed counts (corosync's pause detection): ``paused(start,
+end)`` says our listener (the beat process) was not running then (it woke far later than
+it asked). That time is not the peer's silence: the hold time counts only the time we
+listened since the last hello, and after a pause the peer gets ``PAUSE_GRACE_POLLS`` polls
+of its own before it can be failed (when the whole machine stalled, the peer's hellos
+stalled too; they come a moment after we resume). The bound this adds to a real failure's
+detection: the pauses of our own listener that fall inside the hold time, and at most
+``PAUSE_GRACE_POLLS`` x ``poll_ms`` after the last of them; without pauses, none. Counted:
+observer_pauses, observer_paused_ms (their total) and observer_pause_max_ms; and
+silent_spared, the silences that would have failed the peer but for our pauses (each
+logged as a warning).
+
 Counters: hellos_rx_<path>, hellos_tx_<path>, carrier_down, carrier_up,
 silent_hold, silent_carrier, split_link, peer_back; and max_silence_ms, the longest time
-without any hello that did not end in PEER_SILENT (the margin left to ``hold_ms``).
+without any hello that did not end in PEER_SILENT (the margin left to ``hold_ms``; the
+observed time, pauses of our own left out).
 """
 from __future__ import annotations
 
@@ -44,6 +58,8 @@ DEFAULT_POLL_MS = 10
 DEFAULT_HOLD_MS = 50
 CONFIRM_POLLS = 2
 MIN_HOLD_POLLS = 3
+PAUSE_GRACE_POLLS = 2
+SPLIT_HOLDS = 2                 # a split link: the failover link silent this many hold times
 
 
 class TimerError(ValueError):
@@ -91,6 +107,9 @@ class Detector:
         self.split = False              # DATA_LINK_PEER_ALIVE sent in this episode
         self._next_send = now
         self._quiet_until = now         # start(): no PEER_SILENT before this
+        self._fresh_until = now         # after a pause of ours: no PEER_SILENT before this
+        self._spared = False            # "spared by our own pause" logged in this episode
+        self._pauses: collections.deque[tuple[int, int]] = collections.deque(maxlen=256)
         self._out: list[tuple[RoleEvent, str]] = []
         self.counters: collections.Counter[str] = collections.Counter()
 
@@ -123,7 +142,8 @@ class Detector:
         False: the caller's hellos go out elsewhere, a beat process; only ``poll``'s)."""
         d = [self._next_send] if sending else [self.clock() + self.poll_ms]
         if not self.silent:
-            d.append(max(self.last_any + self.hold_ms, self._quiet_until))
+            d.append(max(self.last_any + self.hold_ms + self._unobserved(self.clock()),
+                         self._quiet_until, self._fresh_until))
         if self._confirm_deadline is not None:
             d.append(self._confirm_deadline)
         return min(d)
@@ -143,10 +163,15 @@ class Detector:
         heard = any(t is not None for t in self.last.values())
         prev = self.last[path]
         self.last[path] = now if prev is None else max(prev, now)
-        if heard and not self.silent and now - self.last_any > self.counters["max_silence_ms"]:
+        if heard and not self.silent:
             # the longest silence that did not fail the peer: how close to hold_ms we came
-            self.counters["max_silence_ms"] = now - self.last_any
+            silence = self.silence(now)
+            if silence > self.counters["max_silence_ms"]:
+                self.counters["max_silence_ms"] = silence
         self.last_any = max(self.last_any, now)
+        self._spared = False
+        while self._pauses and self._pauses[0][1] <= self.last_any - 2 * self.hold_ms:
+            self._pauses.popleft()          # kept a while: the split check looks further back
         self._quiet_until = min(self._quiet_until, self.last_any)   # the start-up grace is for a peer not heard yet
         if self.silent:
             self.silent = False
@@ -161,6 +186,29 @@ class Detector:
             # process stamps hellos when they arrive, the loop reads them later)
             self._confirm_deadline = None
             self._split(f"carrier down, hello on {path}")
+
+    def paused(self, start: int, end: int) -> None:
+        """Our listener was not running from ``start`` to ``end`` (clock units): that time is
+        not the peer's silence, and the peer gets ``PAUSE_GRACE_POLLS`` polls after ``end``."""
+        if end <= start:
+            return
+        self._pauses.append((start, end))
+        self._fresh_until = max(self._fresh_until, end + PAUSE_GRACE_POLLS * self.poll_ms)
+        self.counters["observer_pauses"] += 1
+        self.counters["observer_paused_ms"] += end - start
+        if end - start > self.counters["observer_pause_max_ms"]:
+            self.counters["observer_pause_max_ms"] = end - start
+        LOG.debug("%s our listener paused %d ms", self.name, end - start)
+
+    def _unobserved(self, now: int, since: int | None = None) -> int:
+        """How much of the time since the last hello (or ``since``) our listener was paused."""
+        since = self.last_any if since is None else since
+        return sum(max(0, min(e, now) - max(s, since)) for s, e in self._pauses)
+
+    def silence(self, now: int | None = None) -> int:
+        """The peer's silence as we observed it: since the last hello, less our own pauses."""
+        now = self.clock() if now is None else now
+        return now - self.last_any - self._unobserved(now)
 
     def carrier(self, up: bool) -> None:
         """The failover link's carrier, from netlink (the interface vanishing counts as down)."""
@@ -200,22 +248,36 @@ class Detector:
             self.counters["silent_carrier"] += 1
             out.append(self._silent(f"failover carrier lost and no hello on {'/'.join(self.data_paths)} "
                                     f"for {now - self.carrier_down_at} ms"))
-        elif now - self.last_any >= self.hold_ms and now >= self._quiet_until:
+        elif (silence := self.silence(now)) >= self.hold_ms and now >= max(self._quiet_until,
+                                                                           self._fresh_until):
             self.counters["silent_hold"] += 1
+            unseen = now - self.last_any - silence
             out.append(self._silent(f"no hello on any path for {now - self.last_any} ms "
-                                    f"(hold {self.hold_ms} ms)"))
-        elif not self.split and self._confirm_deadline is None:
+                                    f"(hold {self.hold_ms} ms" +
+                                    (f"; {unseen} ms of it our own pause)" if unseen else ")")))
+        elif now - self.last_any >= self.hold_ms and now >= self._quiet_until and not self._spared:
+            # the peer would have been failed but for our own pauses: say so, once an episode
+            self._spared = True
+            self.counters["silent_spared"] += 1
+            LOG.warning("%s no hello for %d ms (hold %d ms), but %d ms of it our listener was "
+                        "paused (not running): not the peer's silence, no takeover", self.name,
+                        now - self.last_any, self.hold_ms, now - self.last_any - self.silence(now))
+        if not self.silent and not self.split and self._confirm_deadline is None:
             # a new episode gives the failover link a hold time of its own: the first hello
             # back may come on a data leg a moment before the failover link's
             fo = self.last[FAILOVER]
             fo_last = max(fo if fo is not None else self.started, self.back_at)
-            fo_dead = not self.carrier_up or fo_last + self.hold_ms <= now
+            # (two hold times, not one: nobody moves on a split, so it can wait; on a busy
+            # machine one path's hellos can be a hold time late behind a backlog while the
+            # others' come through, and that is no cut)
+            fo_dead = not self.carrier_up or (fo_last + SPLIT_HOLDS * self.hold_ms
+                                              + self._unobserved(now, fo_last) <= now)
             # the data legs must have gone on answering after the failover link went quiet:
             # a peer that died falls silent on every path within a poll, and its failover
             # hold expires a moment before its data holds (no split for that)
             if fo_dead and any(t is not None and now - t < self.hold_ms and t >= fo_last + self.poll_ms
                                for p, t in self.last.items() if p != FAILOVER):
-                self._split("failover link silent for the hold time, peer answers on a data interface")
+                self._split(f"failover link silent for {SPLIT_HOLDS} hold times, peer answers on a data interface")
         out.extend(self._out)
         self._out = []
         return out
@@ -237,6 +299,7 @@ class Detector:
     def status(self) -> dict:
         now = self.clock()
         return {"poll_ms": self.poll_ms, "hold_ms": self.hold_ms, "carrier_up": self.carrier_up,
+                "silence_ms": self.silence(now),
                 "silent": self.silent, "split": self.split,
                 "last_ms_ago": {p: None if t is None else now - t for p, t in self.last.items()},
                 "counters": dict(self.counters)}

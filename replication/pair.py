@@ -359,8 +359,13 @@ class Pair:
         looked = None
         if self.beat is not None:
             # silence is judged as of now, when we look at what the beat heard: should this
-            # thread lose the GIL before the detector decides, the wait is not a silence
-            looked = self.clock()
+            # thread lose the GIL before the detector decides, the wait is not a silence;
+            # nor is the time the beat itself was not running (it listens for us): as of
+            # when it last listened, its pauses left out (detect.Detector.paused)
+            looked, pauses = self.beat.watched()
+            looked = min(self.clock(), looked)
+            for start, end in pauses:
+                self.detector.paused(start, end)
             self.beat.alive()
             for path, at, unit, rec in self.beat.heard():
                 self._on_hello(path, unit, rec, at=at)

@@ -10,6 +10,7 @@ import mmap
 import multiprocessing
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -51,10 +52,14 @@ def wait(cond, timeout_s: float = 3.0) -> bool:
 def test_layout_is_fixed():
     assert (beatshm.OFF_ALIVE, beatshm.OFF_OURS, beatshm.OFF_HEARD, beatshm.SLOT) == (8, 16, 40, 48)
     assert beatshm.OURS.size == 20 and beatshm.HEARD.size == 36
-    assert beatshm.OFF_COUNTERS == 184 and beatshm.SIZE == 184 + 8 * len(beatshm.COUNTERS)
+    assert beatshm.OFF_COUNTERS == 184 and beatshm.OFF_WATCH == 184 + 8 * len(beatshm.COUNTERS)
+    assert beatshm.OFF_WATCH % 8 == 0 and beatshm.SIZE == beatshm.OFF_WATCH + 4 + 36
     b = Block(bytearray(beatshm.SIZE))
     b.init()
-    assert bytes(b.buf[:8]) == b"NPBT\x01\x00\x00\x00"
+    assert bytes(b.buf[:8]) == b"NPBT\x02\x00\x00\x00"
+    assert b.watch() == beatshm.Watch(0, 0, 0, 0)
+    b.set_watch(beatshm.Watch(1, 2, 3, 4))
+    assert b.watch() == beatshm.Watch(1, 2, 3, 4)
     b.check()
     with pytest.raises(ValueError, match="needs"):
         Block(bytearray(beatshm.SIZE - 1))
@@ -381,4 +386,94 @@ def test_a_stopped_daemon_falls_silent_at_once():
     finally:
         parent.kill()
         parent.wait()
+        peer.close()
+
+
+# ---- arrival stamps and the beat's own pauses ----
+
+def test_arrival_is_the_kernel_stamp_unless_implausible():
+    from replication.beat import SO_TIMESTAMPNS, TIMESPEC, arrival
+    offset = 1_700_000_000 * 10**9
+    read = 5_000_000_000
+
+    def anc(mono_ns):
+        t = mono_ns + offset
+        return [(socket.SOL_SOCKET, SO_TIMESTAMPNS, TIMESPEC.pack(t // 10**9, t % 10**9))]
+    assert arrival(anc(read - 30_000_000), read, offset) == read - 30_000_000
+    assert arrival([], read, offset) == read                        # no stamp: the read time
+    assert arrival(anc(read + 1), read, offset) == read             # after the read: a clock step
+    assert arrival(anc(read - 2 * 10**9), read, offset) == read     # seconds before: likewise
+
+
+def test_a_hello_heard_while_the_beat_was_stopped_keeps_its_arrival_time(beats):
+    """The beat is stopped (SIGSTOP: like its CPU held by a kernel path) while the peer's
+    hello arrives: the hello counts from its arrival, and the stop is a pause of its own
+    that the daemon sees (Beat.watched): the detector leaves it out of the peer's silence."""
+    fa, fb = free_port(), free_port()
+    a = beats(KEY, 1, [("failover", ("127.0.0.1", fa), ("127.0.0.1", fb))])
+    a.alive()
+    a.publish(HELLO_A)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", fb))
+    codec = Codec(KEY, 2)
+    try:
+        def send():
+            peer.sendto(codec.encode(Message(unit=2, epoch=codec.epoch, xmit=1,
+                                             sections=((HELLO, (HELLO_A,)),))), ("127.0.0.1", fa))
+        assert wait(lambda: a.block.watch().looked_ns > 0)      # its loop runs
+        os.kill(a.pid, signal.SIGSTOP)
+        time.sleep(0.05)
+        until, _ = a.watched()
+        stopped_at = time.monotonic_ns() // 1_000_000
+        assert until < stopped_at - 20              # overdue: it listened only until its wake
+        send()
+        sent_at = time.monotonic_ns() // 1_000_000
+        # not overdue yet (as of its own wake), but a datagram waits unread in its socket
+        # (the daemon holds copies of the beat's sockets): it listened until its last read
+        w = a.block.watch()
+        assert a._socks and wait(lambda: a.watched(w.wake_by_ns)[0] == w.looked_ns // 1_000_000), (w, a.watched(w.wake_by_ns), select.select(a._socks, [], [], 0))
+        time.sleep(0.2)
+        os.kill(a.pid, signal.SIGCONT)
+        got = []
+        assert wait(lambda: got.extend(a.heard()) or got)
+        at = got[0][1]
+        assert sent_at - 5 <= at <= sent_at + 20, (sent_at, at)     # not the read, 200 ms on
+        assert wait(lambda: a.counters()["pauses"] >= 1)
+        assert a.counters()["pause_max_ms"] >= 200 and a.counters()["rx_late_max_ms"] >= 150
+        until, pauses = a.watched()
+        assert len(pauses) == 1 and pauses[0][1] - pauses[0][0] >= 200, pauses
+        assert a.watched()[1] == []                 # each pause once
+        assert until >= time.monotonic_ns() // 1_000_000 - 50
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+        peer.close()
+
+
+def test_the_backup_thread_sends_when_the_main_one_does_not():
+    """The main thread is held (here: never runs): the backup sends a round every 1.5 polls,
+    counted (tx_backup); the peer's codec accepts every one."""
+    from replication.beat import _backup, _Path, _Sender
+    block = Block(bytearray(beatshm.SIZE))
+    block.init()
+    block.set_ours(HELLO_A)                         # poll 5 ms
+    block.set_alive(time.monotonic_ns())
+    fa, fb = free_port(), free_port()
+    path = _Path("failover", ("127.0.0.1", fa), ("127.0.0.1", fb), KEY, 1, block)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", fb))
+    peer.settimeout(1)
+    stop = threading.Event()
+    t = threading.Thread(target=_backup, args=(block, _Sender(block, [path], os.getpid()), None, stop))
+    t.start()
+    try:
+        codec = Codec(KEY, 2)
+        got = [codec.decode(peer.recv(2048)) for _ in range(20)]
+        assert all(m is not None and m.sections[0][1][0] == HELLO_A for m in got)
+        c = block.counters()
+        assert c["tx_backup"] >= 20 and c["tx_failover"] == c["tx_backup"], c
+        assert c["tx_gap_max_ms"] >= 7                  # 1.5 polls between rounds, no burst
+    finally:
+        stop.set()
+        t.join()
+        path.sock.close()
         peer.close()

@@ -271,3 +271,115 @@ def test_a_data_hello_heard_before_the_carrier_drop_is_no_split():
     events = [e.name for e, _ in d.poll()]
     assert events == ["PEER_LINK_DOWN", "PEER_SILENT"] or events == ["PEER_SILENT"], events
     assert d.counters["silent_carrier"] == 1 and d.counters["split_link"] == 0
+
+
+# ---- pauses of our own listener (corosync's pause detection) ----
+
+def _heard_then_quiet(clock: Clock) -> Detector:
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    det.hello(FAILOVER)
+    return det
+
+
+def test_a_pause_of_ours_is_not_the_peers_silence():
+    """We (the beat) were not running for 40 ms: the peer, heard 5 ms before the pause,
+    answers 3 ms after it. A plain hold of 50 ms would have failed it at 10 ms after."""
+    clock = Clock()
+    det = _heard_then_quiet(clock)
+    t0 = clock.t
+    clock.t = t0 + 45
+    det.paused(t0 + 5, t0 + 45)
+    clock.t = t0 + 60                       # 60 ms since the hello, 20 of them listened
+    assert det.poll() == [] and det.silence() == 20
+    det.hello(FAILOVER)
+    assert run(det, clock, 45, peer_paths=(FAILOVER, "inside")) == []
+    assert det.counters["observer_pauses"] == 1 and det.counters["observer_pause_max_ms"] == 40
+    assert det.counters["observer_paused_ms"] == 40 and det.counters["silent_hold"] == 0
+    assert det.counters["max_silence_ms"] == 20
+
+
+def test_a_real_failure_around_a_pause_is_found_within_hold_plus_the_pause():
+    """The bound: hold + our pauses inside it, and at least PAUSE_GRACE_POLLS polls after the
+    last pause (the peer's stalled hellos get through first)."""
+    from replication.detect import PAUSE_GRACE_POLLS
+    clock = Clock()
+    det = _heard_then_quiet(clock)
+    t0 = clock.t
+    clock.t = t0 + 30
+    det.paused(t0 + 10, t0 + 30)            # 20 ms of our own pause
+    events = run(det, clock, 60)
+    assert events == [(t0 + HOLD + 20, Ev.PEER_SILENT)]
+    # a pause right at the end of the hold: the grace decides
+    det.hello(FAILOVER)
+    t1 = clock.t
+    clock.t = t1 + HOLD - 1
+    det.paused(t1 + HOLD - 3, t1 + HOLD - 1)
+    events = run(det, clock, 40)
+    assert events == [(t1 + HOLD - 1 + PAUSE_GRACE_POLLS * POLL, Ev.PEER_SILENT)]
+
+
+def test_a_pause_before_the_last_hello_does_not_stretch_the_next_silence():
+    clock = Clock()
+    det = _heard_then_quiet(clock)
+    t0 = clock.t
+    det.paused(t0 - 30, t0 - 5)             # over before the peer was heard
+    clock.t += 1
+    det.hello(FAILOVER)
+    assert run(det, clock, 60)[0] == (t0 + 1 + HOLD, Ev.PEER_SILENT)
+
+
+def test_the_silence_log_says_how_much_was_our_pause(caplog):
+    clock = Clock()
+    det = _heard_then_quiet(clock)
+    t0 = clock.t
+    clock.t = t0 + 20
+    with caplog.at_level("INFO", logger="natpair"):
+        det.paused(t0 + 10, t0 + 20)
+        events = run(det, clock, 60)
+    assert events[0][1] is Ev.PEER_SILENT
+    assert "10 ms of it our own pause" in caplog.text
+
+
+def test_a_silence_spared_by_our_pause_is_counted_and_logged_once(caplog):
+    clock = Clock()
+    det = _heard_then_quiet(clock)
+    t0 = clock.t
+    clock.t = t0 + 45
+    det.paused(t0 + 5, t0 + 45)
+    with caplog.at_level("WARNING", logger="natpair"):
+        assert run(det, clock, 20) == []            # raw silence 50..65 ms: spared
+        det.hello(FAILOVER)
+    assert det.counters["silent_spared"] == 1 and det.counters["silent_hold"] == 0
+    assert caplog.text.count("our listener was paused") == 1 and "no takeover" in caplog.text
+
+
+def test_a_pause_of_ours_makes_no_split_link():
+    """Paused, we heard nothing on any path; the data leg's hello comes a moment before
+    the failover link's: the failover link was not silent for the hold time."""
+    clock = Clock()
+    det = _heard_then_quiet(clock)
+    det.hello("inside")
+    t0 = clock.t
+    clock.t = t0 + 45
+    det.paused(t0 + 2, t0 + 45)
+    det.hello("inside")
+    clock.t += 1
+    assert det.poll() == []
+    clock.t += 2
+    det.hello(FAILOVER)
+    assert run(det, clock, 100, peer_paths=(FAILOVER, "inside")) == []
+    assert det.counters["split_link"] == 0
+
+
+def test_a_failover_link_a_hold_time_late_is_no_split_yet():
+    """Its hellos stuck a hold time behind a backlog while the data legs' come through: a
+    split needs SPLIT_HOLDS hold times of silence on the failover link."""
+    from replication.detect import SPLIT_HOLDS
+    clock = Clock()
+    det = Detector(poll_ms=POLL, hold_ms=HOLD, clock=clock)
+    run(det, clock, 100, peer_paths=(FAILOVER, "inside", "outside"))
+    assert run(det, clock, SPLIT_HOLDS * HOLD - POLL, peer_paths=("inside", "outside")) == []
+    det.hello(FAILOVER)
+    assert run(det, clock, 100, peer_paths=(FAILOVER, "inside", "outside")) == []
+    ev = run(det, clock, SPLIT_HOLDS * HOLD + POLL, peer_paths=("inside", "outside"))
+    assert [e for _, e in ev] == [Ev.DATA_LINK_PEER_ALIVE] and det.counters["split_link"] == 1

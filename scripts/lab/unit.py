@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataplane import config
 from dataplane.daemon import request
 
 from . import nsexec
@@ -32,7 +33,7 @@ from .topology import (FAILOVER_LEG, FW_A, INSIDE_LEG, INSIDE_NET, NAT_ADDR, OUT
 
 FAILOVER_PORT = 7788
 PRIORITY = {FW_A: 110}          # the others: 100
-POLL_MS, HOLD_MS = 5, 20
+POLL_MS, HOLD_MS = config.FAILOVER_POLL_MS, config.FAILOVER_HOLD_MS
 LEG_SIDE = {INSIDE_LEG: "inside", OUTSIDE_LEG: "outside"}
 
 REPO = Path(__file__).resolve().parents[2]
