@@ -18,12 +18,18 @@ switches' tables.
   (which the switch might still deliver to the dead unit's port).
 - ``ipr``: an IPRoute the caller keeps open (opening one costs ~1 ms); ifindexes are
   looked up once and again only when the leg was recreated.
+- the takeover's fast path (``prepare_batch``, then ``take``/``restore`` with ``batch``, a
+  dataplane.netlink_batch.NetlinkBatch): the MAC changes encoded at start, the neighbour
+  entries read in one dump, the MACs set and the entries written back in one burst each
+  (measured on the lab: the take went from 3-19 ms to well under 1 ms; while it ran, the
+  feed thread waited for this GIL and the first packets sat in the queue). A leg
+  recreated since (ENODEV) takes the pyroute2 path.
 - never two units with one MAC: the standby takes the virtual MAC only when its peer was
   silent on every path for the hold time (replication.detect); a unit leaving ACTIVE gives
   it back before anything else (role.RELEASE_STEPS), and a starting unit before it
   negotiates.
 
-Counters: taken, given_back, neigh_restored, neigh_restore_errors.
+Counters: taken, given_back, neigh_restored, neigh_restore_errors, take_slow_path.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ class VirtualMacs:
         self.state_file = Path(state_file)
         self.own: dict[str, str] = {}
         self._idx: dict[str, int | None] = {}
+        self._batch_take: dict[str, tuple[int, tuple[int, bytes]]] = {}   # ifname -> (idx, request)
         self.counters: collections.Counter[str] = collections.Counter()
 
     def prepare(self) -> None:
@@ -75,16 +82,50 @@ class VirtualMacs:
         """The MAC the leg has when the unit is (not) active."""
         return self.macs[ifname] if active else self.own[ifname]
 
-    def take(self, ipr: IPRoute) -> list:
+    def prepare_batch(self, ipr: IPRoute, batch) -> None:
+        """Encode the takeover's MAC changes for ``batch`` (from the thread that takes over)."""
+        self._batch_take = {}
+        for ifname, vmac in self.macs.items():
+            idx = self._index(ipr, ifname, fresh=True)
+            if idx is not None:
+                self._batch_take[ifname] = (idx, batch.link_address(idx, vmac))
+
+    def take(self, ipr: IPRoute, batch=None) -> list:
         """The virtual MACs on the legs; returns the neighbour entries to ``restore``."""
         self.counters["taken"] += 1
-        return self._set(ipr, active=True)
+        prepared = self._batch_take
+        if batch is None or not prepared or set(prepared) != set(self.macs):
+            return self._set(ipr, active=True)
+        idxs = {idx: ifname for ifname, (idx, _) in prepared.items()}
+        neigh = [(idx, dst, lladdr, state) for idx, dst, lladdr, state in batch.neighbours(idxs)
+                 if state & NUD_KEEP]
+        errs = batch.send([req for _, req in prepared.values()])
+        stale = []
+        for ifname, err in zip(prepared, errs):
+            if err in (errno.ENODEV, errno.ENOENT):
+                stale.append(ifname)            # recreated under a new index: the slow path
+            elif err:
+                raise NetlinkError(err)
+        if stale:
+            self.counters["take_slow_path"] += 1
+            lost = {prepared[i][0] for i in stale}
+            neigh = [n for n in neigh if n[0] not in lost]
+            neigh += self._set(ipr, active=True, only=stale)
+            self.prepare_batch(ipr, batch)      # the new indexes, for the next takeover
+        return neigh
 
     def give_back(self, ipr: IPRoute) -> list:
         self.counters["given_back"] += 1
         return self._set(ipr, active=False)
 
-    def restore(self, ipr: IPRoute, neigh: list) -> None:
+    def restore(self, ipr: IPRoute, neigh: list, batch=None) -> None:
+        if batch is not None and neigh:
+            reqs = [batch.neigh_replace(idx, dst, lladdr,
+                                        NUD_PERMANENT if state & NUD_PERMANENT else NUD_STALE)
+                    for idx, dst, lladdr, state in neigh]
+            for err in batch.send(reqs):
+                self.counters["neigh_restore_errors" if err else "neigh_restored"] += 1
+            return
         for idx, dst, lladdr, state in neigh:
             try:
                 ipr.neigh("replace", dst=dst, lladdr=lladdr, ifindex=idx,
@@ -105,9 +146,9 @@ class VirtualMacs:
             idx = self._idx[ifname] = found[0] if found else None
         return idx
 
-    def _set(self, ipr: IPRoute, active: bool) -> list:
+    def _set(self, ipr: IPRoute, active: bool, only: list[str] | None = None) -> list:
         out = []
-        for ifname in self.macs:
+        for ifname in (self.macs if only is None else only):
             want = self.mac(ifname, active)
             for fresh in (False, True):
                 idx = self._index(ipr, ifname, fresh)
