@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 from dataplane import rules as kernel
+from dataplane.release import plan as release_plan
 from dataplane.config import Config, ConfigError
 
 SWEEP_BUDGET = 8192        # states expired per 1 s tick at most
@@ -276,7 +277,9 @@ class Daemon:
         self.vips.prepare()                 # learns the own MACs first
         self.vips.remove()                  # a crashed run's, or the lab's: not ours until active
         self.neighbours = _start_neighbours(self.cfg)
-        beat = pairing.beat(self.cfg)       # the hellos, outside this GIL (replication.beat)
+        # the hellos, outside this GIL (replication.beat); should this daemon die without
+        # stopping, the beat gives the virtual addresses and MACs back (dataplane.release)
+        beat = pairing.beat(self.cfg, release_plan(self.vips))
         try:
             self.carrier = pairing.carrier_watch(self.cfg)
         except BaseException:

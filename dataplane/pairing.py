@@ -66,7 +66,8 @@ def data_hellos(cfg: Config):
                       [(leg, (own, port), (peer, peer_port)) for leg, _, own, peer in legs])
 
 
-def beat(cfg: Config):
+def beat(cfg: Config, release: dict | None = None):
+    """The hello process; ``release``: what it gives back if the daemon dies (dataplane.release)."""
     from replication.beat import Beat
     from replication.detect import FAILOVER
 
@@ -74,7 +75,7 @@ def beat(cfg: Config):
     port, peer_port = fo.local[1], fo.peer[1]
     paths = [(FAILOVER, fo.beat_local, fo.beat_peer)]
     paths += [(leg, (own, port), (peer, peer_port)) for leg, _, own, peer in data_legs(cfg)]
-    return Beat(fo.key, cfg.unit.creator_id, paths)
+    return Beat(fo.key, cfg.unit.creator_id, paths, release=release)
 
 
 def carrier_watch(cfg: Config):

@@ -40,9 +40,11 @@ out of the garbage collector's sight (a full collection only walks what the loop
 
 The block (replication.beatshm) lives in a memfd the daemon passes (``--fd``); the
 config (key, unit id, paths, the daemon's pid) comes as one JSON line on stdin. stdin
-then stays the daemon's pipe: a byte means "send a hello now" (the switchover), EOF
-means the daemon is gone (a crash too: the kernel closes its end), and the beat exits;
-PR_SET_PDEATHSIG is the second guard. Readiness (sockets bound) or the start error
+then stays the daemon's pipe: a byte means "send a hello now" (the switchover), ``STOP``
+then EOF an orderly stop, EOF alone that the daemon is gone (a crash too: the kernel closes
+its end), and the beat exits; PR_SET_PDEATHSIG is the second guard. With a release plan
+(``release`` in its config, from dataplane.release.plan: the virtual addresses and MACs) a daemon that died
+without stopping has them given back by its beat on the way out. Readiness (sockets bound) or the start error
 comes back on ``--ready`` (a pipe fd), so the daemon fails to start as it did when it
 bound the data-leg sockets itself.
 """
@@ -71,6 +73,8 @@ from replication.wire import HELLO, Codec, Message
 
 RT_PRIORITY = 20                # above the daemon's replication thread (10)
 START_TIMEOUT_S = 10
+STOP = b"."              # on the pipe: an orderly stop (nothing to release)
+RELEASE_WAIT_S = 2.0      # a pipe that ended: how long the daemon may take to be gone
 RX_BURST = 64                   # datagrams read per socket per wake: a flood cannot pin the CPU
 PR_SET_PDEATHSIG = 1
 MCL_CURRENT, MCL_FUTURE = 1, 2
@@ -118,7 +122,8 @@ class Beat:
     """Starts the beat process and talks to it through the block. ``paths``: (name,
     local (address, port), peer (address, port)), names from ``beatshm.PATHS``."""
 
-    def __init__(self, key: bytes, unit: int, paths, *, rt_priority: int = RT_PRIORITY):
+    def __init__(self, key: bytes, unit: int, paths, *, rt_priority: int = RT_PRIORITY,
+                 release: dict | None = None):
         for name, _, _ in paths:
             if name not in beatshm.PATHS:
                 raise ValueError(f"unknown beat path {name!r}")
@@ -136,7 +141,7 @@ class Beat:
             self.block = Block(self._mm)
             self.block.init()
             cfg = {"key": bytes(key).hex(), "unit": unit, "parent": os.getpid(),
-                   "rt_priority": rt_priority,
+                   "rt_priority": rt_priority, "release": release,
                    "paths": [[n, list(local), list(peer)] for n, local, peer in paths]}
             self._start(cfg)
         except BaseException:
@@ -253,6 +258,10 @@ class Beat:
 
     def close(self) -> None:
         if self._wake is not None:
+            try:
+                os.write(self._wake, STOP)  # an orderly stop: the daemon gives back its own
+            except OSError:
+                pass
             os.close(self._wake)        # EOF: the beat exits
             self._wake = None
         if self._proc is not None:
@@ -378,10 +387,10 @@ def _read_line(fd: int) -> bytes:
     return line
 
 
-def _die_with_parent(parent: int) -> None:
+def _die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except OSError:
         pass
     if os.getppid() != parent:          # it died before the prctl
@@ -505,7 +514,9 @@ def _backup(block: Block, sender: _Sender, cpu: int | None, stop: threading.Even
 
 
 def run(block: Block, paths: list[_Path], cmd_fd: int, parent: int, trace=None,
-        cpus: tuple[int, int] | None = None) -> None:
+        cpus: tuple[int, int] | None = None, died_fd: int | None = None) -> bool:
+    """Until the daemon stops (True) or its pipe ends without a stop, or its death signal
+    comes through ``died_fd`` (False: it died)."""
     sender = _Sender(block, paths, parent)
     if cpus is not None:
         try:
@@ -516,7 +527,7 @@ def run(block: Block, paths: list[_Path], cmd_fd: int, parent: int, trace=None,
                          name="beat-backup").start()
     next_send = 0
     socks = {p.sock.fileno(): p for p in paths}
-    fds = [cmd_fd, *socks]
+    fds = [cmd_fd, *socks] + ([died_fd] if died_fd is not None else [])
     ours = None
     watch = _Watcher(block, trace)
     while True:
@@ -530,9 +541,14 @@ def run(block: Block, paths: list[_Path], cmd_fd: int, parent: int, trace=None,
         # a wake for a datagram comes before the deadline: only a late one can be a pause
         watch.woke(time.monotonic_ns(), ours.poll_ms if ours is not None else 5)
         for fd in ready:
+            if fd == died_fd:
+                return False                # PR_SET_PDEATHSIG: the daemon is gone
             if fd == cmd_fd:
-                if not os.read(cmd_fd, 4096):
-                    return                  # the daemon is gone
+                got = os.read(cmd_fd, 4096)
+                if not got:
+                    return False            # the daemon is gone
+                if STOP in got:
+                    return True             # an orderly stop
                 now_asked = True
             else:
                 socks[fd].receive(trace)
@@ -585,7 +601,16 @@ def main(argv: list[str] | None = None) -> int:
     paths: list[_Path] = []
     try:
         cfg = json.loads(_read_line(0))
-        _die_with_parent(int(cfg["parent"]))
+        plan = cfg.get("release")
+        died_fd = None
+        if plan:
+            # a release to run at the daemon's death: its death signal wakes the loop
+            # through a pipe (nothing raised at a random point of the loop or the release)
+            died_fd, died_w = os.pipe()
+            os.set_blocking(died_w, False)
+            signal.signal(signal.SIGUSR1, lambda *_: None)
+            signal.set_wakeup_fd(died_w)
+        _die_with_parent(int(cfg["parent"]), signal.SIGUSR1 if plan else signal.SIGKILL)
         block = Block(mmap.mmap(a.fd, beatshm.SIZE))
         block.check()
         key = bytes.fromhex(cfg["key"])
@@ -601,12 +626,34 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.write(a.ready, f"ready {','.join(str(p.sock.fileno()) for p in paths)}\n".encode())
     os.close(a.ready)
+    stopped = False
     try:
-        run(block, paths, 0, int(cfg["parent"]), _tracer(int(cfg["unit"])), _cpus(int(cfg["unit"])))
+        stopped = run(block, paths, 0, int(cfg["parent"]), _tracer(int(cfg["unit"])),
+                      _cpus(int(cfg["unit"])), died_fd)
     finally:
         for p in paths:
             p.sock.close()
+        if plan and not stopped:
+            _release(plan, int(cfg["parent"]))
     return 0
+
+
+def _release(plan: dict, parent: int) -> None:
+    """The daemon died without stopping: its virtual addresses and MACs given back, once
+    it is certainly gone (reparented away from it), never beside a live daemon."""
+    end = time.monotonic() + RELEASE_WAIT_S
+    while os.getppid() == parent:
+        if time.monotonic() > end:
+            print("beat: the daemon's pipe ended but the daemon lives: nothing released",
+                  file=sys.stderr)
+            return
+        time.sleep(0.005)
+    from dataplane.release import release
+    try:
+        for line in release(plan):
+            print(f"beat: the daemon died: {line}", file=sys.stderr)
+    except Exception as e:
+        print(f"beat: the daemon died, release failed: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -287,15 +287,19 @@ def test_the_beat_dies_with_its_parent(how):
         b = Beat(bytes.fromhex({KEY.hex()!r}), 1, [("failover", ("127.0.0.1", {free_port()}),
                                                    ("127.0.0.1", {free_port()}))])
         print(b.pid, flush=True)
+        sys.stdin.readline()                 # the test saw the beat running
         if {how!r} == "exit":
             import os; os._exit(0)           # no close(): only the pipe's EOF tells the beat
         time.sleep(60)
     """)
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stdin=subprocess.PIPE,
                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         beat_pid = int(parent.stdout.readline())
         assert not _gone(beat_pid)
+        parent.stdin.write(b"\n")
+        parent.stdin.flush()
         if how == "SIGKILL":
             parent.send_signal(signal.SIGKILL)
         parent.wait(10)

@@ -85,3 +85,76 @@ def test_a_hello_into_another_namespace_counts_from_its_arrival(request):
     # while it waited unread, the daemon's side knew the beat listened only until its last read
     assert got["until"] == got["looked"], got
     assert got["counters"]["rx_failover"] == 1 and got["counters"]["rx_late_max_ms"] >= 250, got
+
+
+# ---- a daemon that dies without stopping: its beat gives the virtual addresses back ----
+
+VMAC, VIP = "02:4e:50:07:00:01", "198.18.1.77/24"   # not the lab's gateway (built on fw-a)
+
+HOLDER = r"""
+import json, os, signal, sys, time
+from pyroute2 import IPRoute
+from replication.beat import Beat
+key, how = bytes.fromhex(sys.argv[1]), sys.argv[2]
+leg, vmac, vip, a, port = sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], int(sys.argv[7])
+with IPRoute() as ipr:
+    idx = ipr.link_lookup(ifname=leg)[0]
+    own = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+    ipr.link("set", index=idx, address=vmac)        # as an active unit holds them
+    addr, plen = vip.split("/")
+    ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+beat = Beat(key, 1, [("failover", (a, port), ("198.18.255.2", port))],
+            release={"vips": [[leg, vip]], "macs": {leg: [own, vmac]}})
+print(json.dumps({"own": own, "beat": beat.pid}), flush=True)
+if how == "SIGKILL":
+    os.kill(os.getpid(), signal.SIGKILL)
+if how == "exit":
+    os._exit(1)                                     # a crash: no close()
+beat.close()                                        # an orderly stop: the daemon gives back its own
+print("closed", flush=True)
+time.sleep(30)
+"""
+
+LEG_STATE = r"""
+import json, socket, sys
+from pyroute2 import IPRoute
+with IPRoute() as ipr:
+    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
+    mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+    addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)]
+print(json.dumps({"mac": mac, "addrs": addrs}))
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "exit", "stop"])
+def test_a_dead_daemons_beat_gives_back_the_virtual_mac_and_addresses(request, how):
+    import time
+    lab_ = Lab.up(lab(unique_prefix("r")), request)
+    holder = lab_.spawn_python(FW_A, HOLDER, KEY.hex(), how, "in0", VMAC, VIP, A, PORT, ready=None)
+    try:
+        line = holder.stdout.readline()
+        assert line, holder.communicate(timeout=10)[1]
+        first = json.loads(line)
+
+        def leg():
+            r = lab_.python(FW_A, LEG_STATE, "in0", timeout=20)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+        if how == "stop":
+            assert holder.stdout.readline().strip() == "closed"
+            time.sleep(0.5)
+            got = leg()             # an orderly stop leaves them to the daemon
+            assert got["mac"] == VMAC and VIP.split("/")[0] in got["addrs"], got
+            return
+        holder.wait(timeout=20)
+        end = time.monotonic() + 10
+        while True:
+            got = leg()
+            if got["mac"] == first["own"] and VIP.split("/")[0] not in got["addrs"]:
+                break
+            assert time.monotonic() < end, (first, got)
+            time.sleep(0.1)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()

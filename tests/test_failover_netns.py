@@ -101,3 +101,39 @@ def test_a_state_created_10_ms_before_the_kill_is_on_the_standby(pair):
     assert line.startswith(f"got {NAT_ADDR}:"), line
     out = ask.communicate(timeout=15)[0].strip()
     assert out == "late hello", (out, units[FW_B].log.read_text(errors="replace")[-3000:])
+
+
+LEG_STATE = r"""
+import json, socket, sys
+from pyroute2 import IPRoute
+with IPRoute() as ipr:
+    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
+    mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+    addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)]
+print(json.dumps({"mac": mac, "addrs": addrs}))
+"""
+
+
+def test_a_sigkilled_active_daemon_leaves_no_virtual_address_or_mac_behind(pair):
+    """Not a power cut: only the daemon dies, its namespace and links stay up. Its beat gives
+    the virtual MAC and addresses back (dataplane.release), the standby takes over, and the
+    dead unit no longer answers for the gateway."""
+    import signal
+    from scripts.lab.topology import INSIDE_GW, INSIDE_LEG
+
+    lab_, units = pair
+
+    def leg():
+        r = lab_.python(FW_A, LEG_STATE, INSIDE_LEG, timeout=20)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+    held = leg()
+    assert held["mac"].startswith("02:4e:50:") and INSIDE_GW in held["addrs"], held
+    units[FW_A].proc.send_signal(signal.SIGKILL)
+    units[FW_A].proc.wait(timeout=10)
+    labrun.wait_role(lab_.topo, FW_B, ("ACTIVE",))
+    end = time.monotonic() + 10
+    while (got := leg())["mac"] == held["mac"] or INSIDE_GW in got["addrs"]:
+        assert time.monotonic() < end, (held, got, units[FW_A].log.read_text(errors="replace")[-2000:])
+        time.sleep(0.1)
+    assert "the daemon died" in units[FW_A].log.read_text(errors="replace")
