@@ -32,6 +32,9 @@ import time
 
 REC = struct.Struct("!QQ")
 TOP_GAPS = 8
+SILENCE_MIN_S = 0.002       # silences reported with their times (the sink's "silences")
+SILENCES_MAX = 500
+CUT_WINDOW_S = 0.5          # gap_at: a cut's silence starts within this of the cut
 
 
 class _Gaps:
@@ -106,10 +109,25 @@ def sink(proto: str, bind: str, port: int, seconds: float) -> dict:
     times = [t for t, _ in arrivals.events]
     gaps = [y - x for x, y in zip(times, times[1:])]
     largest = sorted(sorted(range(len(gaps)), key=gaps.__getitem__)[-3:])
+    long_ = sorted(sorted((i for i, g in enumerate(gaps) if g >= SILENCE_MIN_S),
+                          key=gaps.__getitem__)[-SILENCES_MAX:])
     return {"received": arrivals.count, "max_gap_ms": None if gap is None else round(gap * 1000, 1),
             "gaps_ms": [round(gaps[i] * 1000, 1) for i in largest],
+            "silences": [[times[i], times[i + 1]] for i in long_],
             "ports": ports[:1] + ports[-1:], "distinct_ports": len(set(ports)), "reset": reset,
             "timeline": timeline(arrivals.events)}
+
+
+def gap_at(got: dict, cut: float, window_s: float = CUT_WINDOW_S) -> float | None:
+    """The silence a cut at monotonic time ``cut`` made in what a sink got (ms): the longest
+    silence that overlaps the ``window_s`` after the cut. A stall of the machine elsewhere
+    in the stream (the sender or the receiver not running, nothing lost) is not the
+    failover's; a stall inside the window counts. None when the sink did not report its
+    silences (the caller then has only ``max_gap_ms``); 0.0 when none overlaps the window."""
+    if "silences" not in got:
+        return None
+    over = [end - start for start, end in got["silences"] if end > cut and start < cut + window_s]
+    return round(max(over) * 1000, 1) if over else 0.0
 
 
 def timeline(events: list[tuple[float, int]], bin_s: float = 0.010) -> dict:
