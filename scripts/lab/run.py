@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import build, nsexec, plot
+from . import build, nsexec, plot, stream
 from .topology import (DEFAULT_PREFIX, FW_A, FW_B, HOST, NAT_ADDR, SERVER, SERVER_ADDR, UNITS,
                        Topology, lab)
 from dataplane.daemon import request
@@ -373,7 +373,9 @@ def _json_tail(text: str) -> dict:
 
 
 def _stream_result(flow: str, sink: subprocess.Popen, sender: subprocess.Popen,
-                   kills: int = 1) -> FlowResult:
+                   kills: int = 1, cuts: list[float] = ()) -> FlowResult:
+    """A stream's report; its gap per kill is the silence of that cut (``cuts``: monotonic
+    times, stream.gap_at), else the largest silences."""
     s_out, s_err = sender.communicate(timeout=60)
     k_out, k_err = sink.communicate(timeout=60)
     snt, got = _json_tail(s_out), _json_tail(k_out)
@@ -387,7 +389,10 @@ def _stream_result(flow: str, sink: subprocess.Popen, sender: subprocess.Popen,
     note = ", ".join(x for x in (snt["error"] and f"sender: {snt['error']}",
                                  got["reset"] and "reset", not same and "NAT port changed") if x)
     gap = f"{got['max_gap_ms']}"
-    if kills > 1 and len(got.get("gaps_ms", ())) >= kills:     # the largest ones, in time order
+    at = [stream.gap_at(got, c) for c in cuts]
+    if cuts and None not in at:
+        gap = ", ".join(str(g) for g in at)
+    elif kills > 1 and len(got.get("gaps_ms", ())) >= kills:   # the largest ones, in time order
         big = sorted(got["gaps_ms"], reverse=True)[:kills]
         gap = ", ".join(str(g) for g in got["gaps_ms"] if g in big)
     return FlowResult(flow, survived, gap, str(lost), port, note)
@@ -466,7 +471,7 @@ def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds
     time.sleep(kill_after)
     first_cut, killed = time.monotonic(), time.time()
     dead, _, took_ms = kill_active(topo, log=log)
-    rejoined, kills, second_cut = None, 1, None
+    rejoined, kills, second_cut, cuts = None, 1, None, [first_cut]
     if back_after is not None:
         try:
             rejoined = rejoin(topo, dead, feed, log=log, **(timers or {}))
@@ -481,12 +486,12 @@ def failover_run(topo: Topology, rdir: Path, sha: str, file_mb: int, tcp_seconds
                 log(f"lab: before the second kill {dead} is {now.get(dead)}, not STANDBY_READY "
                     f"(roles {now}; see the logs): the active one is killed all the same")
                 rejoined["before_second_kill"] = now
-            second_cut = time.time()
+            second_cut, cuts = time.time(), cuts + [time.monotonic()]
             rejoined["second_kill"] = kill_active(topo, log=log)[0]
             kills = 2
     results = [_iperf_result(procs["tcp"]), _curl_result(procs["curl"], dest, sha),
-               _stream_result("udp", sinks["udp"], procs["udp"], kills),
-               _stream_result("tcp-seq", sinks["tcp"], procs["tcp-seq"], kills),
+               _stream_result("udp", sinks["udp"], procs["udp"], kills, cuts),
+               _stream_result("tcp-seq", sinks["tcp"], procs["tcp-seq"], kills, cuts),
                _ping_result(procs["ping"], kills)]
     if picture is not None:
         active = None if took_ms != took_ms else killed + took_ms / 1000      # NaN: nobody left
