@@ -62,9 +62,11 @@ def test_timeline_is_relative_to_the_last_packet_before_the_gap():
 
 def test_gap_at_takes_the_silence_of_the_cut_not_a_stall_elsewhere():
     from scripts.lab.stream import gap_at
-    got = {"max_gap_ms": 90.0, "silences": [[10.0, 10.09], [12.004, 12.022], [13.0, 13.003]]}
+    got = {"max_gap_ms": 90.0, "silences": [[10.0, 10.09], [12.004, 12.022], [13.0, 13.003]],
+           "first": 5.0, "last": 25.0}
     assert gap_at(got, 12.010) == 18.0              # the silence around the cut
     assert gap_at(got, 12.000) == 18.0              # begins just after the cut: still it
     assert gap_at(got, 9.6) == 90.0                 # a stall inside the window counts
     assert gap_at(got, 20.0) == 0.0                 # nothing after the cut
     assert gap_at({"max_gap_ms": 5.0}, 1.0) is None  # an old sink: the caller falls back
+    assert gap_at(got, 30.0) is None and gap_at(got, 4.0) is None   # the stream was not running

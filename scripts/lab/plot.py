@@ -266,8 +266,8 @@ def draw(tl: Timeline, path: str | Path) -> Path:
         t.auto_set_font_size(False)
         t.set_fontsize(8)
         t.scale(1, 1.3)
-        tab.text(0, 1.0, "gap ms in the table: the longest gap of the flow anywhere in the run, "
-                 "at the kill or not (the red spans above are the gaps at the kill)",
+        tab.text(0, 1.0, "gap ms in the table: udp and tcp-seq, the silence at each kill (- : the "
+                 "flow was over); tcp and ping, the longest gap anywhere in the run",
                  transform=tab.transAxes, fontsize=7, color="dimgrey", va="bottom")
     fig.suptitle(tl.title, fontsize=12)
     path.parent.mkdir(parents=True, exist_ok=True)

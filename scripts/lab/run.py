@@ -390,8 +390,10 @@ def _stream_result(flow: str, sink: subprocess.Popen, sender: subprocess.Popen,
                                  got["reset"] and "reset", not same and "NAT port changed") if x)
     gap = f"{got['max_gap_ms']}"
     at = [stream.gap_at(got, c) for c in cuts]
-    if cuts and None not in at:
-        gap = ", ".join(str(g) for g in at)
+    if cuts and "silences" in got:
+        gap = ", ".join("-" if g is None else str(g) for g in at)
+        if None in at:
+            note = ", ".join(x for x in (note, "over before a kill (-)") if x)
     elif kills > 1 and len(got.get("gaps_ms", ())) >= kills:   # the largest ones, in time order
         big = sorted(got["gaps_ms"], reverse=True)[:kills]
         gap = ", ".join(str(g) for g in got["gaps_ms"] if g in big)

@@ -114,6 +114,7 @@ def sink(proto: str, bind: str, port: int, seconds: float) -> dict:
     return {"received": arrivals.count, "max_gap_ms": None if gap is None else round(gap * 1000, 1),
             "gaps_ms": [round(gaps[i] * 1000, 1) for i in largest],
             "silences": [[times[i], times[i + 1]] for i in long_],
+            "first": times[0] if times else None, "last": times[-1] if times else None,
             "ports": ports[:1] + ports[-1:], "distinct_ports": len(set(ports)), "reset": reset,
             "timeline": timeline(arrivals.events)}
 
@@ -123,8 +124,9 @@ def gap_at(got: dict, cut: float, window_s: float = CUT_WINDOW_S) -> float | Non
     silence that overlaps the ``window_s`` after the cut. A stall of the machine elsewhere
     in the stream (the sender or the receiver not running, nothing lost) is not the
     failover's; a stall inside the window counts. None when the sink did not report its
-    silences (the caller then has only ``max_gap_ms``); 0.0 when none overlaps the window."""
-    if "silences" not in got:
+    silences (the caller then has only ``max_gap_ms``) or the stream was not running across
+    the cut (nothing to measure); 0.0 when none overlaps the window."""
+    if "silences" not in got or got.get("last") is None or not got["first"] <= cut < got["last"]:
         return None
     over = [end - start for start, end in got["silences"] if end > cut and start < cut + window_s]
     return round(max(over) * 1000, 1) if over else 0.0
