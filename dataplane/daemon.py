@@ -148,6 +148,7 @@ class Daemon:
         self.loop_errors = 0
         self._journal_overflow = 0
         self._next_overflow_check = 0
+        self.first_packet_after_ns = 0  # set at a takeover: the feed logs its next verdict
 
     # ---- life cycle ----
 
@@ -326,11 +327,21 @@ class Daemon:
                     wait = 0
                 else:
                     wait = FEED_WAIT_MS
+                woke = time.monotonic_ns() if self.first_packet_after_ns else 0
                 with self.lock:
+                    locked = time.monotonic_ns() if woke else 0
                     self.core.set_clock(monotonic_ms())
-                    feed.run_once(batch, wait)
+                    n = feed.run_once(batch, wait)
                     if pair is not None:
                         self._drain_journal(pair)
+                if n and woke and self.first_packet_after_ns:
+                    # the first verdicts after a takeover: when this thread ran again (woke:
+                    # out of select with the GIL), had the core, and was done
+                    since, self.first_packet_after_ns = self.first_packet_after_ns, 0
+                    now = time.monotonic_ns()
+                    log_event(logging.WARNING, "takeover", step="first_packet", packets=n,
+                              at_us=now // 1000, woke_us=woke // 1000, locked_us=locked // 1000,
+                              since_core_active_us=(now - since) // 1000)
             except Exception as e:
                 self.loop_errors += 1
                 log_event(logging.ERROR, "error", where="feed", error=e)
@@ -507,7 +518,12 @@ class _PairActions:
     def __init__(self, daemon: Daemon):
         self.d = daemon
 
+    # the takeover's lines carry monotonic microseconds (at_us: the step's start, took_us),
+    # comparable with the lab's receivers (one CLOCK_MONOTONIC across namespaces):
+    # scripts/lab/timeline.py puts a kill's milliseconds side by side from them
+
     def core_active(self) -> None:
+        t0 = time.monotonic_ns()
         with self.d.lock:
             self.d.core.set_clock(monotonic_ms())
             self.d.core.set_journal(True)
@@ -515,16 +531,28 @@ class _PairActions:
             # last journal drain: accept and re-learn for a moment (conntrackd marks its
             # committed entries "be liberal" for the same reason)
             self.d.core.set_tcp_grace(TAKEOVER_TCP_GRACE_MS)
-        log_event(logging.WARNING, "takeover", step="core_active", states=self.d.core.state_count)
+        t1 = time.monotonic_ns()
+        self.d.first_packet_after_ns = t0       # the feed thread logs the first verdict after
+        pair = self.d.pair
+        last = pair.detector.last_any if pair is not None else -1
+        log_event(logging.WARNING, "takeover", step="core_active", states=self.d.core.state_count,
+                  at_us=t0 // 1000, took_us=(t1 - t0) // 1000, last_heard_ms=last)
 
     def add_addresses(self) -> None:
+        t0 = time.monotonic_ns()
         self.d.vips.add()
+        t1 = time.monotonic_ns()
         log_event(logging.WARNING, "takeover", step="add_addresses",
-                  vips=",".join(c for _, c in self.d.vips.vips))
+                  vips=",".join(c for _, c in self.d.vips.vips), at_us=t0 // 1000,
+                  took_us=(t1 - t0) // 1000,
+                  **{f"{k}_us": v for k, v in self.d.vips.add_timings.items()})
 
     def announce(self) -> None:
+        t0 = time.monotonic_ns()
         self.d.vips.announce()
-        log_event(logging.WARNING, "takeover", step="announce", garp=self.d.vips.counters["garp_sent"])
+        t1 = time.monotonic_ns()
+        log_event(logging.WARNING, "takeover", step="announce", garp=self.d.vips.counters["garp_sent"],
+                  at_us=t0 // 1000, took_us=(t1 - t0) // 1000)
 
     def remove_addresses(self) -> None:
         self.d.vips.remove()

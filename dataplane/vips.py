@@ -17,13 +17,14 @@ gratuitous ARP is sent from the virtual MAC, and it also announces the unit's ow
 addresses on those legs (their MAC changed with the leg's: the peer's data-path hellos go
 there); ``remove`` gives the MACs back after the addresses and announces the own
 addresses with the own MAC again.
-Counters: added, removed, garp_sent, garp_errors.
+``add_timings``: the last add's steps (us). Counters: added, removed, garp_sent, garp_errors.
 """
 from __future__ import annotations
 
 import collections
 import errno
 import socket
+import time
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -42,6 +43,7 @@ class VirtualAddresses:
         self._ipr: IPRoute | None = None        # kept open for the takeover (replication thread)
         self._idx: dict[str, int] = {}
         self._socks: dict[str, socket.socket] = {}
+        self.add_timings: dict[str, int] = {}   # the last add()'s steps, microseconds each
         if self.vips:
             import scapy.layers.l2  # noqa: F401  (scapy takes ~1 s to import: not at takeover)
 
@@ -68,6 +70,15 @@ class VirtualAddresses:
         if self._ipr is None:
             self._ipr = IPRoute()
         ipr = self._ipr
+        timings, t = self.add_timings, time.monotonic_ns()
+        timings.clear()
+
+        def lap(step: str) -> None:
+            nonlocal t
+            now = time.monotonic_ns()
+            timings[step] = (now - t) // 1000
+            t = now
+
         if self.macs is not None:
             # the hosts already send to the virtual MAC: forwarding works once the leg has
             # it and the switches learned where it is (one round of the announce now); then
@@ -75,10 +86,13 @@ class VirtualAddresses:
             # for an ARP answer that the switch may still deliver to the dead unit); then
             # the addresses, needed only for ARP answers and the unit's own traffic
             neigh = self.macs.take(ipr)
+            lap("vmac")
             if self._frames is None:
                 self._frames = self._garp_frames()
             self._send(self._frames, 1)
+            lap("garp")
             self.macs.restore(ipr, neigh)
+            lap("neigh")
         for ifname, cidr in self.vips:
             addr, plen = cidr.split("/")
             for fresh in (False, True):
@@ -94,6 +108,7 @@ class VirtualAddresses:
                         raise
                     continue                    # the leg was recreated: a new index
                 break
+        lap("addr")
 
     def remove(self) -> None:
         with IPRoute() as ipr:
