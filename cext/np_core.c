@@ -327,7 +327,7 @@ static struct np_state *create_state(struct np_core *c, const struct np_pkt *p,
         *why = NP_CTR_DROP_POLICY;
         return NULL;
     }
-    if (!c->free_head) {
+    if (np_table_full(c)) {
         *why = NP_CTR_DROP_TABLE_FULL;
         return NULL;
     }
@@ -586,7 +586,7 @@ void np_state_export(struct np_core *c, const struct np_state *s, struct np_stat
 uint32_t np_core_export(struct np_core *c, uint32_t *cursor, struct np_state_rec *out, uint32_t max)
 {
     uint32_t n = 0, i = *cursor;
-    for (; i < c->cfg.max_states && n < max; i++)
+    for (; i < c->fresh && n < max; i++)           /* no state beyond fresh */
         if (c->states[i].live == 1)
             np_state_export(c, &c->states[i], &out[n++]);
     *cursor = i;
@@ -681,7 +681,7 @@ int np_core_import(struct np_core *c, const struct np_state_rec *r)
             return NP_ECONFLICT;
         }
     }
-    if (!old && !c->free_head) {
+    if (!old && np_table_full(c)) {
         np_count(c, NP_CTR_IMPORT_TABLE_FULL);
         return NP_EFULL;
     }

@@ -227,7 +227,10 @@ struct np_core {
     void *states_raw;
     struct np_state_ext *sext;  /* [slot]: creator, created */
     uint32_t nstates;           /* live + zombie */
-    uint32_t free_head;         /* slot + 1 */
+    uint32_t free_head;         /* slot + 1: the released slots, last released first */
+    uint32_t fresh;             /* slots [0, fresh) were handed out once; the rest never
+                                 * touched (no page of the pool is written before a state
+                                 * needs it: a start does not cost max_states) */
     uint64_t next_id;
 
     /* key hash: 2 refs per state */
@@ -244,6 +247,7 @@ struct np_core {
     /* NAT */
     struct np_mapping *maps;
     uint32_t nmaps, maps_cap, map_free;  /* map_free: index + 1 */
+    uint32_t maps_fresh;        /* maps [0, maps_fresh) were handed out once (as fresh) */
     uint32_t *min_buckets, *mout_buckets;
     uint32_t mmask;
     uint64_t *port_bits[3][NP_POOL_MAX];  /* [tcp, udp, icmp][pool addr] used ports */
@@ -328,6 +332,10 @@ static inline struct np_state *np_table_lookup(struct np_core *c, const struct n
     return NULL;
 }
 struct np_state *np_table_alloc(struct np_core *c);
+static inline bool np_table_full(const struct np_core *c)
+{
+    return !c->free_head && c->fresh >= c->cfg.max_states;
+}
 void np_table_insert(struct np_core *c, struct np_state *s);
 void np_table_unlink_keys(struct np_core *c, struct np_state *s);
 void np_table_release(struct np_core *c, struct np_state *s);

@@ -42,9 +42,8 @@ int np_nat_init(struct np_core *c)
     c->mem += cap * sizeof(*c->maps) + 2 * b * sizeof(uint32_t);
     c->maps_cap = cap;
     c->mmask = b - 1;
-    for (uint32_t i = 0; i < cap; i++)
-        c->maps[i].next_in = i + 2 <= cap ? i + 2 : 0;
-    c->map_free = cap ? 1 : 0;
+    c->map_free = 0;            /* released mappings only; new ones from maps_fresh up */
+    c->maps_fresh = 0;
     for (int p = 0; p < 3; p++)
         for (uint32_t a = 0; a < c->cfg.pool_count; a++) {
             c->port_bits[p][a] = calloc(PORT_WORDS, sizeof(uint64_t));
@@ -215,11 +214,14 @@ uint32_t np_nat_find_outside(struct np_core *c, uint8_t proto, uint32_t addr, ui
 static uint32_t map_new(struct np_core *c, uint8_t proto, uint32_t in_addr, uint16_t in_port,
                         uint32_t out_addr, uint16_t out_port)
 {
-    if (!c->map_free)
-        return 0;
     uint32_t ref = c->map_free;
+    if (ref)
+        c->map_free = c->maps[ref - 1].next_in;
+    else if (c->maps_fresh < c->maps_cap)
+        ref = ++c->maps_fresh;
+    else
+        return 0;
     struct np_mapping *m = &c->maps[ref - 1];
-    c->map_free = m->next_in;
     *m = (struct np_mapping){.in_addr = in_addr, .out_addr = out_addr, .in_port = in_port,
                              .out_port = out_port, .proto = proto, .refs = 1};
     uint32_t hi = map_hash(c, proto, in_addr, in_port), ho = map_hash(c, proto, out_addr, out_port);

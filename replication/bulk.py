@@ -51,12 +51,16 @@ Why the result is consistent, with the live stream flowing during the bulk:
    that neither stream mentions are stale: they are deleted at the end (``purged``).
 The tracking sets are freed when the bulk is done; they hold only identities,
 bounded by the live change rate times the bulk's duration (``max_tracked``: past
-it the bulk fails rather than grow without end).
+it the bulk fails rather than grow without end). An identity is the record's first
+12 bytes (id, creator), a bytes object: the cyclic GC does not track bytes, and a
+rejoiner's ``_stale`` holds its whole table (a set of a million tuples cost one
+50 ms gen-2 collection, in the replication thread, during the bulk).
 """
 from __future__ import annotations
 
 import collections
 import enum
+import operator
 import struct
 from typing import Callable, Iterable, NamedTuple, Protocol
 
@@ -65,15 +69,22 @@ from dataplane.core import (WIRE_STATE_SIZE, Change, CoreError, ImportResult, No
 from replication.fsm import LOG, Clock, Machine, monotonic_ms
 from replication.role import RoleEvent
 
-Ident = tuple[int, int]          # (creator, id)
-_IDENT = struct.Struct("!QI92x")  # a wire state record's id and creator
-_DELETE_REC = struct.Struct("!QII")  # a wire DELETE record: id, creator, pad
-assert _IDENT.size == WIRE_STATE_SIZE
+Ident = bytes                    # a state's id and creator as the wire writes them (12 bytes)
+_ID_CREATOR = struct.Struct("!QI")  # an Ident's fields
+_IDENT = struct.Struct("!12s92x")   # a wire state record's Ident
+_FIELDS = struct.Struct("!QI92x")   # ... as (id, creator)
+_FIRST = operator.itemgetter(0)
+_DELETE_REC = struct.Struct("!12s4x")  # a wire DELETE record: id, creator, pad
+assert _IDENT.size == _FIELDS.size == WIRE_STATE_SIZE
+
+
+def ident(creator: int, id_: int) -> Ident:
+    return _ID_CREATOR.pack(id_, creator)
 
 
 def identities(records: bytes) -> Iterable[Ident]:
-    """(creator, id) of each wire record of ``records``."""
-    return ((creator, id_) for id_, creator in _IDENT.iter_unpack(records))
+    """The Ident of each wire record of ``records``."""
+    return map(_FIRST, _IDENT.iter_unpack(records))       # 1.7x a generator's speed
 
 
 # ---- messages (the transport encodes them) ----
@@ -318,9 +329,8 @@ class BulkRequester:
     # ---- live changes: always applied, tracked during a bulk ----
 
     def apply_live(self, ch: Change) -> None:
-        ident = (ch.creator, ch.id)
         if self.state in BUSY:
-            self._track(ident, ch.kind == "delete")
+            self._track(ident(ch.creator, ch.id), ch.kind == "delete")
         if ch.kind == "delete":
             try:
                 self.core.import_delete(ch.creator, ch.id)
@@ -341,7 +351,7 @@ class BulkRequester:
         res, outcome = self.core.import_wire_each(records)
         self.counters["live_import"] += res.imported
         if res.rejected:
-            for (creator, id_), err in zip(identities(records), outcome):
+            for (id_, creator), err in zip(_FIELDS.iter_unpack(records), outcome):
                 if err is not None:
                     self.counters[f"live_import_{err.__name__.lower()}"] += 1
                     LOG.warning("%s live import of %d/%d refused: %s", self.machine.name,
@@ -354,7 +364,7 @@ class BulkRequester:
         state counted ``delete_unknown``. Returns each record's outcome (None: removed)."""
         outcome = self.core.import_delete_wire(records)
         busy = self.state in BUSY
-        for (id_, creator, _pad), err in zip(_DELETE_REC.iter_unpack(records), outcome):
+        for (key,), err in zip(_DELETE_REC.iter_unpack(records), outcome):
             if err is None:
                 self.counters["live_delete"] += 1
             elif err is NotFound:
@@ -363,7 +373,7 @@ class BulkRequester:
                 self.counters[f"live_delete_{err.__name__.lower()}"] += 1
                 continue            # a malformed record names no state
             if busy and self.state in BUSY:
-                self._track((creator, id_), True)
+                self._track(key, True)
         return outcome
 
     # ---- inside ----
@@ -434,7 +444,8 @@ class BulkRequester:
             self._retry(f"end says {msg.sent} records, {self.received} received")
         else:
             purged = 0
-            for creator, id_ in self._stale:
+            for key in self._stale:
+                id_, creator = _ID_CREATOR.unpack(key)
                 try:
                     self.core.import_delete(creator, id_)
                     purged += 1
