@@ -185,9 +185,17 @@ uint32_t np_core_journal_drain_wire(struct np_core *c, struct np_wire_drain *d)
 
 uint32_t np_core_resend_scan(struct np_core *c, uint32_t max)
 {
-    uint32_t queued = 0, total = c->cfg.max_states, seen;
+    /* only slots handed out at least once can hold a mark: a table sized for 1.5M states
+     * that holds 10k is walked over its 10k, under the core lock */
+    uint32_t queued = 0, total = c->fresh, seen;
     if (!c->resend_needed)
         return 0;
+    if (total == 0) {
+        c->resend_needed = false;
+        return 0;
+    }
+    if (c->resend_cursor >= total)
+        c->resend_cursor = 0;
     /* the zombies' DELETEs first: a state re-created on a zombie's keys goes after them */
     for (uint32_t i = 0; c->zombies && i < total; i++) {
         struct np_state *s = &c->states[i];

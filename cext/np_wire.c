@@ -97,7 +97,7 @@ uint32_t np_core_export_wire(struct np_core *c, uint32_t *cursor, uint8_t *out, 
     uint32_t n = 0, i = *cursor;
     if (i == NP_CURSOR_END)
         return 0;
-    for (; i < c->cfg.max_states && n < max; i++) {
+    for (; i < c->fresh && n < max; i++) {     /* beyond: slots never handed out */
         if (c->states[i].live != 1)
             continue;
         np_state_export(c, &c->states[i], &r);
@@ -108,7 +108,7 @@ uint32_t np_core_export_wire(struct np_core *c, uint32_t *cursor, uint8_t *out, 
         }
         rec_to_wire(&r, out + (size_t)n++ * NP_WIRE_STATE_SIZE);
     }
-    *cursor = i < c->cfg.max_states ? i : NP_CURSOR_END;
+    *cursor = i < c->fresh ? i : NP_CURSOR_END;
     return n;
 }
 
