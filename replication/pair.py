@@ -19,7 +19,8 @@ used:
   takes ``Change`` objects (``Core.drain``) instead, one by one, coalesced in the
   transport: the older, slower path (tests, scripts/bench_live.py's comparison). An offer
   wakes the loop unless a wake is already pending (``_wake_pending``: one pipe write per
-  turn of the loop, however many drains come meanwhile), and the loop sends what was
+  turn of the loop, however many drains come meanwhile) or nobody takes it (not
+  ``replicating``: dropped at the next timer's turn), and the loop sends what was
   offered at once: no flush deadline (it was 1 ms, plus the ms clock's rounding, on every
   change's lag); what the drains of one loop turn offered shares its datagrams. States of
   destination port 80 are not replicated unless ``http_replication`` (in C on the wire
@@ -248,8 +249,8 @@ class Pair:
         ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin every millisecond; offers and
         switchovers wake it through the wake pipe)."""
         now = self.clock() if now is None else now
-        if self._inbox or self._offered:
-            return 0
+        if self._inbox or (self._offered and self.replicating()):
+            return 0                            # (offers nobody takes wait for a timer)
         d = [now + IDLE_WAIT_MAX_MS, self.detector.next_deadline(sending=self.beat is None)]
         if self.sender.state is bulk.SenderState.SENDING:
             d.append(now + 1)                   # waits for acks: turn every ms, never spin
@@ -312,7 +313,9 @@ class Pair:
             self._offered.extend(items)
             self.offered_waiting += n
             self.counters["offered"] += n
-        if not self._wake_pending:      # the loop sends it at its next turn: make that now
+        # the loop sends it at its next turn: make that now (no standby: it is dropped at the
+        # next timer's turn; a unit alone must not turn once per feed batch for that)
+        if not self._wake_pending and self.replicating():
             self.wake()
 
     def offer(self, changes: list[Change]) -> None:

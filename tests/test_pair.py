@@ -345,6 +345,22 @@ def test_an_idle_pair_waits_for_its_timers_and_an_offer_wakes_it_once(units):
     assert a.pair.counters["submitted"] == 4
 
 
+def test_an_active_alone_is_not_woken_by_offers_nobody_takes(units):
+    """Without a standby the drains' offers are dropped (counted) at the loop's next timer:
+    a unit alone carrying all the traffic does not turn its loop once per feed batch."""
+    import select
+
+    a, _ = units(poll_ms=5, hold_ms=500)
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
+    a.step()
+    wake_fd = a.pair.filenos()[-1]
+    a.flow(45000)
+    assert select.select([wake_fd], [], [], 0)[0] == []
+    assert run([a], lambda: a.pair.counters["dropped_no_standby"] == 1)
+    assert a.pair.offered_waiting == 0
+
+
 def test_the_standby_acks_once_per_turn_right_after_importing(units):
     """No delayed ack for live data: the standby's turn that imports received records sends
     the cumulative ack covering them in the same turn, one ack however many datagrams that
