@@ -18,11 +18,11 @@ used:
   standby (any other time they are dropped: a joining standby bulk-syncs). ``offer(changes)``
   takes ``Change`` objects (``Core.drain``) instead, one by one, coalesced in the
   transport: the older, slower path (tests, scripts/bench_live.py's comparison). An offer
-  wakes the loop only when it would not turn within the transport's flush deadline anyway
-  (``_wake_at``, set by ``next_wake_ms``) or a datagram's worth is waiting: under load the
-  loop turns every ms for its acks, and a wake per feed batch only cost CPU and GIL; the
-  offers wait in the queue at most ``flush_ms`` (then submitted and flushed at once), as they
-  would have in the transport. States of
+  wakes the loop unless a wake is already pending (``_wake_pending``: one pipe write per
+  turn of the loop, however many drains come meanwhile) or nobody takes it (not
+  ``replicating``: dropped at the next timer's turn), and the loop sends what was
+  offered at once: no flush deadline (it was 1 ms, plus the ms clock's rounding, on every
+  change's lag); what the drains of one loop turn offered shares its datagrams. States of
   destination port 80 are not replicated unless ``http_replication`` (in C on the wire
   path: ``skip_port``).
 - the hello: ``wire.Hello`` with role = our ``RoleState`` value, state = our priority,
@@ -54,11 +54,15 @@ used:
   request of the last BULK_START; BulkEnd = BULK_END (sent = the records that went on
   the wire). The sender reads the table while fewer than ``BULK_INFLIGHT`` messages wait
   for the standby's ack, so a bulk never floods the standby's socket.
-- lag: ``offer`` stamps each change (each drain: all its records) with ``lag_clock()``
-  (ms, monotonic); the transport keeps those times per sent message and, when the
+- lag: ``offer`` stamps each change (each drain: all its records, stamped before the C
+  drain) with ``lag_clock()`` (ms, monotonic); the transport keeps those times per sent message and, when the
   standby's cumulative ack covers one, ``lag`` observes now - offer time of each of its
   changes (retransmissions count from the offer; a coalesced record from its oldest
-  change).
+  change). Where it goes: ``lag_sent`` (active: drained -> its datagram sent) and
+  ``ack_hold`` (standby: its loop woke with stream datagrams -> the ack of what it imported
+  sent); the rest is the two trips over the link and the active's wake on the ack. The
+  standby acks once per turn of its loop, right after importing (``ack_now``): not the
+  transport's delayed ack (1 ms), and never before the records it covers are live.
 - ``neighbours`` (optional, replication/neighbours.py): the active sends its data legs'
   neighbour changes as NEIGH records while the peer is a standby, and its whole neighbour
   table after each BULK_START; the standby hands received ones to ``neighbours.install``.
@@ -155,9 +159,8 @@ class Pair:
         self.wire_counters = Counters(wire.REASONS + ("rx_ok", "rx_dropped"))  # kept across link resets
         self._offered: collections.deque[tuple[float, Change | WireChanges]] = collections.deque()
         self.offered_waiting = 0        # changes in _offered (a WireChanges holds many)
-        self._offered_since = 0         # clock ms when _offered last became non-empty
         self._offer_lock = threading.Lock()  # _offered and its counts: the feed thread adds
-        self._wake_at = 0.0             # when the loop's wait ends (inf while it decides)
+        self._wake_pending = False      # a byte is in the wake pipe, or about to be
         self._inbox: list[tuple[int, object]] = []
         self._bulk_rx_request = 0
         self._bulk_tx_sent = 0
@@ -182,6 +185,8 @@ class Pair:
         self.requester = BulkRequester(core, clock=clock, notify=self._on_bulk_event,
                                        name=f"{name}-bulk-recv")
         self.lag = LagHistogram()      # filled on the active as the standby acks (see lag.py)
+        self.lag_sent = LagHistogram()  # active: drained -> datagram sent (a part of lag)
+        self.ack_hold = LagHistogram()  # standby: loop woke -> ack of the imported sent
         self.link = UdpLink(self._codec(), local, peer, self._deliver, on_acked=self._on_acked)
         self._set_transport()
         self.table_size = 0
@@ -223,12 +228,14 @@ class Pair:
 
     def wake(self) -> None:
         """From any thread: the loop's wait ends now (a byte in the wake pipe)."""
+        self._wake_pending = True
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
             pass                                # full: a wake is pending anyway
 
     def _drain_wake(self) -> None:
+        self._wake_pending = False      # before reading: a wake from now on writes again
         try:
             while os.read(self._wake_r, 4096):
                 pass
@@ -237,18 +244,14 @@ class Pair:
 
     def next_wake_ms(self, now: int | None = None) -> int:
         """How long the loop may wait for a datagram before ``step`` has work of its own:
-        0 with received records to import or a datagram's worth of offered changes, 1 ms
-        while a bulk sync runs, else until the offers' flush deadline or the transport's or
-        the detector's next timer, at most ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin
-        every millisecond; offers and switchovers wake it through the wake pipe)."""
-        self._wake_at = float("inf")           # an offer meanwhile wakes us (offer_wire)
+        0 with received records to import or offered changes to send, 1 ms while a bulk
+        sync runs, else until the transport's or the detector's next timer, at most
+        ``IDLE_WAIT_MAX_MS`` (an idle pair does not spin every millisecond; offers and
+        switchovers wake it through the wake pipe)."""
         now = self.clock() if now is None else now
-        if self._inbox or self.offered_waiting >= self._per_datagram:
-            self._wake_at = now
-            return 0
+        if self._inbox or (self._offered and self.replicating()):
+            return 0                            # (offers nobody takes wait for a timer)
         d = [now + IDLE_WAIT_MAX_MS, self.detector.next_deadline(sending=self.beat is None)]
-        if self._offered:
-            d.append(self._offered_since + self.transport.flush_ms)
         if self.sender.state is bulk.SenderState.SENDING:
             d.append(now + 1)                   # waits for acks: turn every ms, never spin
         t = self.transport.next_deadline(now)
@@ -256,9 +259,7 @@ class Pair:
             d.append(t)
         if self.requester.state in bulk.BUSY or self.switchover.busy:
             d.append(now + 1)
-        at = min(d)
-        self._wake_at = at
-        return max(0, at - now)
+        return max(0, min(d) - now)
 
     def close(self) -> None:
         for fd in (self._wake_r, self._wake_w):
@@ -286,36 +287,35 @@ class Pair:
         if not core.journal_pending():
             return 0                    # a batch that changed nothing: no buffers copied
         for _ in range(JOURNAL_DRAIN_ROUNDS):
+            t = self.lag_clock()            # the lag counts from the drain, not after it
             batch = core.drain_wire(JOURNAL_DRAIN, skip)
             if batch.count or batch.skipped:
-                self.offer_wire(batch)
+                self.offer_wire(batch, t)
                 offered += batch.count
             if not core.journal_pending():
                 break
         return offered
 
-    def offer_wire(self, batch: WireChanges) -> None:
+    def offer_wire(self, batch: WireChanges, drained_at: float | None = None) -> None:
         """One drain of the journal in wire form (``Core.drain_wire``), from the thread that
-        holds the core."""
+        holds the core; ``drained_at``: ``lag_clock()`` when the drain began (default now)."""
         n = batch.count
         if self.offered_waiting + n > OFFER_MAX:      # read unlocked: a bound, not a count
             self.counters["offer_overflow"] += n
             self.tables.refused_wire(batch)
             return
         if n or batch.skipped:
-            self._offered_queue((self.lag_clock(), batch), n=n)
+            self._offered_queue((self.lag_clock() if drained_at is None else drained_at, batch),
+                                n=n)
 
     def _offered_queue(self, *items, n: int) -> None:
         with self._offer_lock:
-            if not self._offered:
-                self._offered_since = self.clock()
             self._offered.extend(items)
             self.offered_waiting += n
             self.counters["offered"] += n
-            # flushed within flush_ms of the offer: wake the loop unless it turns by then anyway
-            wake = (self._wake_at > self._offered_since + self.transport.flush_ms
-                    or self.offered_waiting >= self._per_datagram)
-        if wake:
+        # the loop sends it at its next turn: make that now (no standby: it is dropped at the
+        # next timer's turn; a unit alone must not turn once per feed batch for that)
+        if not self._wake_pending and self.replicating():
             self.wake()
 
     def offer(self, changes: list[Change]) -> None:
@@ -342,6 +342,7 @@ class Pair:
         return self.role.is_active and peer is not None and peer.state in STANDBY_STATES
 
     def step(self, now: int | None = None) -> None:
+        woke = self.lag_clock()
         now = self.clock() if now is None else now
         self._drain_wake()
         self.switchover.step(now)
@@ -352,8 +353,11 @@ class Pair:
             # the active's stream started again (it restarted, or reset its link after a
             # silence of ours): what it had not yet delivered is gone, a bulk sync fills it
             self._on_resync()
-        if self._inbox:
-            self._import()
+        live = self._import() if self._inbox else ()
+        if self.transport.ack_now(now):        # what this turn received is live: say so now
+            self.ack_hold.observe(self.lag_clock() - woke)
+        for action, rec, refused in live:       # then counted: not on the lag's path
+            self._count_live(action, rec, refused)
         if self.data is not None:
             self.data.pump(self._on_hello)
         looked = None
@@ -422,7 +426,7 @@ class Pair:
         if not self._offered:
             return
         with self._offer_lock:
-            offered, n, since = list(self._offered), self.offered_waiting, self._offered_since
+            offered, n = list(self._offered), self.offered_waiting
             self._offered.clear()
             self.offered_waiting = 0
         if not self.replicating():
@@ -438,8 +442,10 @@ class Pair:
             tr.submit(ch, now, t)
             self.counters["submitted"] += 1
             self.tables.sent_change(ch)
-        if now - since >= tr.flush_ms:
-            tr.flush(now)               # they waited their flush deadline in the queue already
+        tr.flush(now)                   # no flush deadline: what waited for this turn goes now
+        sent, lag_sent = self.lag_clock(), self.lag_sent
+        for t, ch in offered:
+            lag_sent.observe(sent - t, ch.count if isinstance(ch, WireChanges) else 1)
 
     def _submit_wire(self, batch: WireChanges, t: float, now: int) -> None:
         """One drain's runs into the stream: DELETEs first (np_core_journal_drain_wire says
@@ -493,15 +499,19 @@ class Pair:
         if rec.flags & F_WANTS_ACTIVE:
             self.switchover.peer_wants_active(self.clock())
 
-    def _import(self) -> None:
+    def _import(self) -> list[tuple[int, Packed, object]]:
+        """What the link delivered, into the core (one hold of the core lock); returns the
+        live runs applied, with their outcomes, for ``_count_live`` (after the ack, outside
+        the lock: the tables' per-record counts cost about half the import in C)."""
         inbox, self._inbox = self._inbox, []
+        live = []
         with self.lock:
             self.core.set_clock(self.clock())
             rc = self.requester.counters
             for action, rec in inbox:
                 before = applied(rc, action)
                 if isinstance(rec, Packed) and action in LIVE_PACKED:
-                    self._import_live(action, rec)
+                    live.append((action, rec, self._import_live(action, rec)))
                     continue
                 self._import_one(action, rec)
                 if isinstance(rec, Packed):     # a bulk chunk: count its records, not its errors
@@ -510,17 +520,21 @@ class Pair:
                 self.tables.received(action, rec, before is not None and applied(rc, action) == before
                                      and not self.role.is_active)
             self.table_size = self.core.state_count
+        return live
 
-    def _import_live(self, action: int, rec: Packed) -> None:
+    def _import_live(self, action: int, rec: Packed):
         """A run of live INSERT/UPDATE or DELETE records, applied in one C call (bulk.py
-        ``apply_live_wire``, ``apply_live_deletes_wire``)."""
+        ``apply_live_wire``, ``apply_live_deletes_wire``); each record's outcome (None:
+        applied)."""
         if self.role.is_active:
             self.counters["rx_ignored_active"] += rec.count
-            refused = itertools.repeat(None)
-        elif action == DELETE:
-            refused = self.requester.apply_live_deletes_wire(rec.data)
-        else:
-            refused = self.requester.apply_live_wire(rec.data)
+            return itertools.repeat(None)
+        if action == DELETE:
+            return self.requester.apply_live_deletes_wire(rec.data)
+        return self.requester.apply_live_wire(rec.data)
+
+    def _count_live(self, action: int, rec: Packed, refused) -> None:
+        """A live run's records in the per-table counts (``tables``)."""
         if action == DELETE:
             refused = list(itertools.islice(refused, rec.count))
             self.tables.received(DELETE, None, n=rec.count)
@@ -649,6 +663,7 @@ class Pair:
                 "bulk_send": self.sender.progress(), "bulk_recv": self.requester.progress(),
                 "transport": {"pending": tr.pending, "unacked": tr.unacked},
                 "lag": self.lag.snapshot(),
+                "lag_stages": {"sent": self.lag_sent.snapshot(), "ack_hold": self.ack_hold.snapshot()},
                 "counters": self.replication_counters()}
 
     def replication_counters(self) -> dict[str, int]:

@@ -21,8 +21,10 @@ channel, and replication/udp.py puts it on a socket. Names used:
   doubles its work; at most ``window`` messages in flight; a NACK of
   seqs it no longer holds gets a SKIP (the receiver must bulk sync, ``on_resync``);
 - receiver: delivers records in stream order to ``deliver(action, record)``, keeps
-  out-of-order messages (up to ``window``), acks cumulatively within ``ack_delay_ms``, and
-  NACKs missing ranges at most every ``nack_ms``. Records of unreliable messages (HELLO) are
+  out-of-order messages (up to ``window``), acks cumulatively within ``ack_delay_ms`` or at
+  once when the caller says what it was handed is applied (``ack_now``: pair.py, after
+  importing what one wake of its loop received: one ack per received batch), and NACKs
+  missing ranges at most every ``nack_ms``. Records of unreliable messages (HELLO) are
   delivered at once (a ``Packed`` section in one call). ACK sections are the transport's
   own and never delivered.
 - *live runs* (``submit_wire``): live INSERT/UPDATE/DELETE records already in wire form
@@ -489,6 +491,14 @@ class FtfwTransport:
     def _send_ack(self, now_ms: int) -> None:
         self.counters.bump("tx_acks")
         self._emit(0, ((ACK, (AckRange(ACK_CUMULATIVE, 0, (self._rx_next - 1) & M32),)),), now_ms)
+
+    def ack_now(self, now_ms: int) -> bool:
+        """The cumulative ack now, if one is due (the caller applied what was delivered: the
+        peer's lag ends here, not ``ack_delay_ms`` later); True when one was sent."""
+        if self.peer_epoch is None or self._ack_due_since is None:
+            return False
+        self._send_ack(now_ms)
+        return True
 
     def _send_nack(self, now_ms: int) -> None:
         ranges = self._missing()

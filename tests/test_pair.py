@@ -305,12 +305,13 @@ def test_failover_link_cut_with_data_hellos_alive_is_a_split_and_the_stream_resu
     assert ids(b.core) == ids(a.core)
 
 
-def test_an_idle_pair_waits_for_its_timers_and_an_offer_wakes_it(units):
+def test_an_idle_pair_waits_for_its_timers_and_an_offer_wakes_it_once(units):
     """The replication loop's wait (Pair.next_wake_ms): an idle active waits until its next
-    hello (at most IDLE_WAIT_MAX_MS), not 1 ms; an offer from the feed thread writes to the
-    wake pipe when the loop would sleep past the offer's flush deadline (the loop's select
-    returns at once), not when it turns by then anyway (a busy loop: acks every ms), and the
-    loop's wait then ends at that deadline at the latest."""
+    hello (at most IDLE_WAIT_MAX_MS), not 1 ms; an offer from the feed thread writes one byte
+    to the wake pipe (the loop's select returns at once), more offers before the loop turns
+    write nothing more (one wake per turn), and the turn sends them all at once: no flush
+    deadline on the way."""
+    import os
     import select
 
     from replication.pair import IDLE_WAIT_MAX_MS
@@ -325,20 +326,73 @@ def test_an_idle_pair_waits_for_its_timers_and_an_offer_wakes_it(units):
     wait = a.pair.next_wake_ms()
     assert 0 <= wait <= IDLE_WAIT_MAX_MS
     wake_fd = a.pair.filenos()[-1]
-    flush = a.pair.transport.flush_ms
     assert select.select([wake_fd], [], [], 0)[0] == []
-    a.pair._wake_at = a.pair.clock() + 60_000      # the loop sleeps past the flush deadline
-    a.flow(43000)                                   # the feed thread's offer
+    a.flow(43000)                                   # the feed thread's offers
     assert select.select([wake_fd], [], [], 0)[0] == [wake_fd]
-    assert a.pair.next_wake_ms() <= flush
-    assert run([a, b], lambda: a.pair.transport.idle() and not a.pair.offered_waiting)
-    assert select.select([wake_fd], [], [], 0)[0] == []
-    a.pair._wake_at = a.pair.clock()                # the loop turns now anyway: no wake
     a.flow(43001)
+    a.flow(43002)
+    assert len(os.read(wake_fd, 64)) == 1           # one wake for three offers
+    os.write(a.pair._wake_w, b"\0")                 # (put it back for the loop)
+    assert a.pair.next_wake_ms() == 0
+    a.step()                                        # one turn: all three on the wire now
+    assert a.pair.offered_waiting == 0 and a.pair.transport.pending == 0
+    assert a.pair.transport.unacked == 1            # in one datagram
+    assert a.pair.lag_sent.count == 3
     assert select.select([wake_fd], [], [], 0)[0] == []
-    assert a.pair.next_wake_ms() <= flush
-    assert run([a, b], lambda: b.pair.requester.counters["live_import"] == 2)
-    assert a.pair.counters["submitted"] == 2
+    a.flow(43003)                                   # the turn consumed the wake: a new one
+    assert select.select([wake_fd], [], [], 0)[0] == [wake_fd]
+    assert run([a, b], lambda: b.pair.requester.counters["live_import"] == 4)
+    assert a.pair.counters["submitted"] == 4
+
+
+def test_an_active_alone_is_not_woken_by_offers_nobody_takes(units):
+    """Without a standby the drains' offers are dropped (counted) at the loop's next timer:
+    a unit alone carrying all the traffic does not turn its loop once per feed batch."""
+    import select
+
+    a, _ = units(poll_ms=5, hold_ms=500)
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
+    a.step()
+    wake_fd = a.pair.filenos()[-1]
+    a.flow(45000)
+    assert select.select([wake_fd], [], [], 0)[0] == []
+    assert run([a], lambda: a.pair.counters["dropped_no_standby"] == 1)
+    assert a.pair.offered_waiting == 0
+
+
+def test_the_standby_acks_once_per_turn_right_after_importing(units):
+    """No delayed ack for live data: the standby's turn that imports received records sends
+    the cumulative ack covering them in the same turn, one ack however many datagrams that
+    turn read, and the records are live in its core when the ack leaves."""
+    import select
+
+    a, b = units(poll_ms=5, hold_ms=500)
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
+    b.pair.start()
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY)
+    assert run([a, b], lambda: a.pair.transport.idle() and b.pair.transport.idle())
+    before = ids(b.core)
+    for k in range(3):                              # three turns of the active: 3 datagrams
+        a.flow(44000 + k)
+        a.step()
+    assert a.pair.transport.unacked == 3
+    assert select.select([b.pair.fileno()], [], [], 2)[0]
+    time.sleep(0.05)                                # all three wait in b's socket
+    tb = b.pair.transport
+    acks, imported = tb.counters["tx_acks"], b.pair.requester.counters["live_import"]
+    held = b.pair.ack_hold.count
+    sent = []
+    orig = tb._send_ack
+    tb._send_ack = lambda now: (sent.append(len(ids(b.core) - before)), orig(now))
+    b.step()
+    assert b.pair.requester.counters["live_import"] == imported + 3
+    assert tb.counters["tx_acks"] == acks + 1 and sent == [3]   # one ack, after the import
+    assert b.pair.ack_hold.count == held + 1
+    assert select.select([a.pair.fileno()], [], [], 2)[0]
+    a.step()
+    assert a.pair.transport.unacked == 0 and a.pair.lag.count == 3
 
 
 def test_live_records_in_the_wire_form_count_in_the_same_tables_as_decoded_ones():
