@@ -197,14 +197,16 @@ def test_virtual_mac_is_on_the_active_and_moves_with_the_takeover(pair):
 
 
 def test_a_crashed_active_restarts_with_its_own_mac_and_joins_as_standby(pair):
-    """SIGKILL, not a power cut: fw-a's kernel keeps the virtual MAC and addresses it held.
-    fw-b takes over; the restarted fw-a gives them back first (its own MAC from
-    <socket>.mac.json), joins as a standby and is ready; the virtual MAC is on fw-b only."""
+    """SIGKILL to the daemon and its beat at once (its process group: what the beat would
+    give back on the daemon's death stays, test_failover_netns has the daemon alone), not a
+    power cut: fw-a's kernel keeps the virtual MAC and addresses it held. fw-b takes over;
+    the restarted fw-a gives them back first (its own MAC from <socket>.mac.json), joins as
+    a standby and is ready; the virtual MAC is on fw-b only."""
     lab_, units = pair
     mac_file = socket_path(lab_.topo, FW_A).with_suffix(".mac.json")
     own_a = json.loads(mac_file.read_text())[INSIDE_LEG]
     assert own_a != VMAC_IN
-    units[FW_A].proc.kill()
+    os.killpg(units[FW_A].proc.pid, signal.SIGKILL)            # the daemon's session: it and its beat
     units[FW_A].proc.wait(timeout=5)
     labrun.wait_role(lab_.topo, FW_B, ("ACTIVE",), timeout_s=5)
     assert mac_of(lab_, FW_A, INSIDE_LEG) == VMAC_IN            # left behind by the crash
