@@ -890,7 +890,7 @@ static void check_core(struct np_core *c)
     memset(mark, 0, sizeof(mark));
     memset(refs, 0, sizeof(refs));
     for (uint32_t f = c->free_head; f; f = c->states[f - 1].tnext) {
-        CHECK(f <= max && !mark[f - 1], "free list broken at %u", f);
+        CHECK(f <= c->fresh && !mark[f - 1], "free list broken at %u (fresh %u)", f, c->fresh);
         CHECK(c->states[f - 1].live == 0, "a used slot %u on the free list", f - 1);
         mark[f - 1] = 1;
         freecount++;
@@ -901,11 +901,16 @@ static void check_core(struct np_core *c)
             live++;
         else if (s->live == 2)
             zombies++;
+        else if (i >= c->fresh)     /* never handed out: neither used nor on the free list */
+            CHECK(s->live == 0 && !mark[i], "slot %u beyond fresh %u (live %u)", i, c->fresh, s->live);
         else
             CHECK(s->live == 0 && mark[i], "slot %u neither used nor free (live %u)", i, s->live);
+        CHECK(s->live == 0 || i < c->fresh, "a used slot %u beyond fresh %u", i, c->fresh);
     }
+    CHECK(c->fresh <= max, "fresh %u beyond %u slots", c->fresh, max);
     CHECK(live + zombies == c->nstates, "nstates %u, live %u + zombies %u", c->nstates, live, zombies);
-    CHECK(freecount + c->nstates == max, "free %u + used %u != %u", freecount, c->nstates, max);
+    CHECK(freecount + c->nstates == c->fresh, "free %u + used %u != fresh %u", freecount, c->nstates,
+          c->fresh);
     /* key hash: every chain ends, every ref is a live state's key in its bucket */
     uint32_t kseen = 0;
     for (uint32_t b = 0; b <= c->kmask; b++) {
@@ -956,11 +961,13 @@ static void check_core(struct np_core *c)
     memset(mfree, 0, sizeof(mfree));
     uint32_t nfree = 0;
     for (uint32_t m = c->map_free; m; m = c->maps[m - 1].next_in) {
-        CHECK(m <= c->maps_cap && !mfree[m - 1], "mapping free list broken");
+        CHECK(m <= c->maps_fresh && !mfree[m - 1], "mapping free list broken");
         mfree[m - 1] = 1;
         nfree++;
     }
-    CHECK(nfree + c->nmaps == c->maps_cap, "mappings: %u free + %u used != %u", nfree, c->nmaps, c->maps_cap);
+    CHECK(c->maps_fresh <= c->maps_cap, "maps_fresh %u beyond %u", c->maps_fresh, c->maps_cap);
+    CHECK(nfree + c->nmaps == c->maps_fresh, "mappings: %u free + %u used != fresh %u", nfree,
+          c->nmaps, c->maps_fresh);
     for (uint32_t i = 0; i < max; i++) {
         const struct np_state *s = &c->states[i];
         if (s->live != 1) {
@@ -987,7 +994,7 @@ static void check_core(struct np_core *c)
                 want_bits[p][a][port >> 6] |= 1ull << (port & 63);
             }
     }
-    for (uint32_t m = 0; m < c->maps_cap; m++) {
+    for (uint32_t m = 0; m < c->maps_fresh; m++) {   /* beyond: never handed out */
         if (mfree[m])
             continue;
         const struct np_mapping *mp = &c->maps[m];
