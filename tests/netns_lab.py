@@ -295,3 +295,22 @@ TRACE = textwrap.dedent("""\
             s.close()
         print(line, flush=True)
     """)
+
+
+LEG_STATE = r"""
+import json, socket, sys
+from pyroute2 import IPRoute
+with IPRoute() as ipr:
+    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
+    mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+    addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)]
+print(json.dumps({"mac": mac, "addrs": addrs}))
+"""
+
+
+def leg_state(lab: "Lab", node: str, ifname: str) -> dict:
+    """An interface of `node` as its kernel has it now: {"mac": ..., "addrs": [IPv4 ...]}."""
+    import json
+    r = lab.python(node, LEG_STATE, ifname, timeout=20)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)

@@ -10,7 +10,7 @@ import secrets
 
 import pytest
 
-from netns_lab import Lab, unique_prefix
+from netns_lab import Lab, leg_state, unique_prefix
 from scripts.lab.topology import FW_A, FW_B, lab
 
 pytestmark = pytest.mark.netns
@@ -115,17 +115,6 @@ print("closed", flush=True)
 time.sleep(30)
 """
 
-LEG_STATE = r"""
-import json, socket, sys
-from pyroute2 import IPRoute
-with IPRoute() as ipr:
-    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
-    mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-    addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)]
-print(json.dumps({"mac": mac, "addrs": addrs}))
-"""
-
-
 @pytest.mark.parametrize("how", ["SIGKILL", "exit", "stop"])
 def test_a_dead_daemons_beat_gives_back_the_virtual_mac_and_addresses(request, how):
     import time
@@ -137,9 +126,7 @@ def test_a_dead_daemons_beat_gives_back_the_virtual_mac_and_addresses(request, h
         first = json.loads(line)
 
         def leg():
-            r = lab_.python(FW_A, LEG_STATE, "in0", timeout=20)
-            assert r.returncode == 0, r.stderr
-            return json.loads(r.stdout)
+            return leg_state(lab_, FW_A, "in0")
         if how == "stop":
             assert holder.stdout.readline().strip() == "closed"
             time.sleep(0.5)

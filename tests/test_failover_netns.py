@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from netns_lab import Lab, quiet, unique_prefix
+from netns_lab import Lab, leg_state, quiet, unique_prefix
 from scripts.lab import run as labrun
 from scripts.lab.topology import FW_A, FW_B, HOST, NAT_ADDR, SERVER, SERVER_ADDR, lab
 
@@ -103,17 +103,6 @@ def test_a_state_created_10_ms_before_the_kill_is_on_the_standby(pair):
     assert out == "late hello", (out, units[FW_B].log.read_text(errors="replace")[-3000:])
 
 
-LEG_STATE = r"""
-import json, socket, sys
-from pyroute2 import IPRoute
-with IPRoute() as ipr:
-    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
-    mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-    addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)]
-print(json.dumps({"mac": mac, "addrs": addrs}))
-"""
-
-
 def test_a_sigkilled_active_daemon_leaves_no_virtual_address_or_mac_behind(pair):
     """Not a power cut: only the daemon dies, its namespace and links stay up. Its beat gives
     the virtual MAC and addresses back (dataplane.release), the standby takes over, and the
@@ -124,9 +113,7 @@ def test_a_sigkilled_active_daemon_leaves_no_virtual_address_or_mac_behind(pair)
     lab_, units = pair
 
     def leg():
-        r = lab_.python(FW_A, LEG_STATE, INSIDE_LEG, timeout=20)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+        return leg_state(lab_, FW_A, INSIDE_LEG)
     held = leg()
     assert held["mac"].startswith("02:4e:50:") and INSIDE_GW in held["addrs"], held
     units[FW_A].proc.send_signal(signal.SIGKILL)
