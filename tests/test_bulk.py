@@ -55,6 +55,19 @@ def make_core(creator: int, seed: int) -> Core:
     return Core(pool=POOL, port_range=(1024, 65535), max_states=1 << 18, creator_id=creator,
                 journal_size=1 << 16, hash_seed=seed)
 
+def journaled_flows(n: int):
+    """Two cores on one clock; ``n`` flows through the first, journaled: (clock, a, b, the
+    records its journal drained)."""
+    clock = Clock()
+    a, b = make_core(1, 11), make_core(2, 22)
+    for c in (a, b):
+        c.set_clock(clock.t)
+    a.set_journal(True)
+    for i in range(n):
+        assert a.process(flow(i), "inside").accepted
+    return clock, a, b, [ch.record for ch in a.drain()]
+
+
 
 def seed(a: Core, n: int) -> None:
     """n UDP states on a, not journaled (they were there before the standby came)."""
@@ -193,14 +206,7 @@ def test_bulk_sync_of_100k_states_with_a_live_stream_converges(packed_live, n):
 
 
 def test_live_packed_runs_count_each_refused_record_and_import_the_rest():
-    clock = Clock()
-    a, b = make_core(1, 11), make_core(2, 22)
-    for c in (a, b):
-        c.set_clock(clock.t)
-    a.set_journal(True)
-    for i in range(5):
-        assert a.process(flow(i), "inside").accepted
-    recs = [ch.record for ch in a.drain()]
+    clock, a, b, recs = journaled_flows(5)
     good = [Core.pack_wire(r) for r in recs]
     bad_pad = bytearray(good[1])
     bad_pad[15] = 1                                      # the pad after flags
@@ -220,14 +226,7 @@ def test_live_packed_runs_count_each_refused_record_and_import_the_rest():
 
 
 def test_live_packed_deletes_count_unknown_and_malformed_records():
-    clock = Clock()
-    a, b = make_core(1, 11), make_core(2, 22)
-    for c in (a, b):
-        c.set_clock(clock.t)
-    a.set_journal(True)
-    for i in range(3):
-        assert a.process(flow(i), "inside").accepted
-    recs = [ch.record for ch in a.drain()]
+    clock, a, b, recs = journaled_flows(3)
     for r in recs:
         b.import_state(r)
     req = BulkRequester(b, clock=clock)

@@ -95,6 +95,17 @@ def run(units, until, timeout_s: float = 5.0) -> bool:
     return False
 
 
+def settled_pair(units):
+    """a ACTIVE, b STANDBY_READY (poll 5, hold 500 ms), both transports idle."""
+    a, b = units(poll_ms=5, hold_ms=500)
+    a.pair.start()
+    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
+    b.pair.start()
+    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY)
+    assert run([a, b], lambda: a.pair.transport.idle() and b.pair.transport.idle())
+    return a, b
+
+
 def drain(u: Unit) -> None:
     """Drop what waits in a unit's socket (it was not running: a real unit had no socket)."""
     while True:
@@ -319,12 +330,7 @@ def test_an_idle_pair_waits_for_its_timers_and_an_offer_wakes_it_once(units):
 
     from replication.pair import IDLE_WAIT_MAX_MS
 
-    a, b = units(poll_ms=5, hold_ms=500)
-    a.pair.start()
-    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
-    b.pair.start()
-    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY)
-    assert run([a, b], lambda: a.pair.transport.idle() and b.pair.transport.idle())
+    a, b = settled_pair(units)
     a.step()
     wait = a.pair.next_wake_ms()
     assert 0 <= wait <= IDLE_WAIT_MAX_MS
@@ -370,12 +376,7 @@ def test_the_standby_acks_once_per_turn_right_after_importing(units):
     turn read, and the records are live in its core when the ack leaves."""
     import select
 
-    a, b = units(poll_ms=5, hold_ms=500)
-    a.pair.start()
-    assert run([a], lambda: a.pair.role.state is RoleState.ACTIVE, 2)
-    b.pair.start()
-    assert run([a, b], lambda: b.pair.role.state is RoleState.STANDBY_READY)
-    assert run([a, b], lambda: a.pair.transport.idle() and b.pair.transport.idle())
+    a, b = settled_pair(units)
     before = ids(b.core)
     for k in range(3):                              # three turns of the active: 3 datagrams
         a.flow(44000 + k)
